@@ -1,0 +1,34 @@
+# Two entry points (see README.md): `make demo` runs the main job on the built-in phantoms,
+# `make test` runs the test suite. Both create .venv and install requirements.txt first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WORKDIR ?= workdir/demo
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . || \
+	  $(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/python launch.py --config=configs/rtv_demo.py --workdir=$(WORKDIR) --alsologtostderr
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.rtv_bench
+
+clean:
+	rm -rf $(VENV) workdir

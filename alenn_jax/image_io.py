@@ -1,0 +1,67 @@
+"""Reading radiographs and writing results without ever leaving half a file behind."""
+
+import contextlib
+import os
+
+import numpy as np
+from PIL import Image
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb"):
+  """Opens a temporary file beside `path`, renamed onto `path` only when the block succeeds."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+  try:
+    with open(tmp, mode) as f:
+      yield f
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_text(path: str, text: str) -> None:
+  with atomic_open(path, "w") as f:
+    f.write(text)
+
+
+def load_grey_image(path: str, size: int | None = None) -> np.ndarray:
+  """Reads a PNG/JPEG as `[H, W]` float32 in [0, 1] (colour converted to grey, 16-bit scaled).
+
+  Args:
+    path: the image file.
+    size: when given, the image is resized (bilinear) to `size` x `size`.
+
+  Raises:
+    OSError: the file is missing or is not a readable image; the message names the file.
+  """
+  try:
+    with Image.open(path) as img:
+      img.load()
+      if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.asarray(img, dtype=np.float32) / 65535.0
+      elif img.mode == "F":
+        grey = np.asarray(img, dtype=np.float32)
+      else:
+        grey = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+  except (
+    OSError,
+    ValueError,
+  ) as e:  # PIL raises UnidentifiedImageError (an OSError) or ValueError.
+    raise OSError(f"cannot read image {path!r}: {e}") from e
+  if size is not None:
+    resized = Image.fromarray(grey, mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    grey = np.asarray(resized, dtype=np.float32)
+  return np.clip(grey, 0.0, 1.0)
+
+
+def save_grey(array: np.ndarray, path: str) -> None:
+  """Writes `[H, W]` floats in [0, 1]: `.npy` float32 as is, anything else as an 8-bit PNG."""
+  with atomic_open(path, "wb") as f:
+    if path.endswith(".npy"):
+      np.save(f, np.asarray(array, np.float32))
+    else:
+      pixels = np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+      Image.fromarray(pixels, mode="L").save(f, format="PNG")
