@@ -4,9 +4,12 @@ Dispatches on `config.trainer`. Everything else lives in the `alenn_jax` package
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from alenn_jax.errors import UserInputError
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -69,7 +72,12 @@ def main(argv):
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
   logging.info("trainer=%s mode=%s workdir=%s\n%s", trainer, mode, workdir, config)
-  modes[mode](config, workdir)
+  try:
+    modes[mode](config, workdir)
+  except UserInputError as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alenn_jax import image_io, rtv
+from alenn_jax import errors, image_io, rtv
 from alenn_jax.datasets.phantoms import render
 
 
@@ -23,9 +23,11 @@ def load_images(config: ml_collections.ConfigDict) -> tuple[list[str], np.ndarra
   """Names and `[B, S, S]` float32 images in [0, 1]."""
   size = config.image_size
   if config.images:
-    return [os.path.basename(p) for p in config.images], np.stack(
-      [image_io.load_grey_image(p, size) for p in config.images]
-    )
+    try:
+      images = [image_io.load_grey_image(p, size) for p in config.images]
+    except OSError as e:
+      raise errors.UserInputError(f"config.images: {e}. Give PNG or JPEG files that exist.") from e
+    return [os.path.basename(p) for p in config.images], np.stack(images)
   names, images = [], []
   for i in range(config.num_phantoms):
     lesion = None if i % 2 == 0 else render.LESION_KINDS[(i // 2) % len(render.LESION_KINDS)]

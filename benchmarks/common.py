@@ -19,8 +19,8 @@ def machine_description() -> str:
     pass
   devices = jax.devices()
   return (
-      f"{cpu}; {os.cpu_count()} cores; JAX {jax.__version__} on {devices[0].platform} "
-      f"({devices[0].device_kind}) x{len(devices)}; Python {platform.python_version()}"
+    f"{cpu}; {os.cpu_count()} cores; JAX {jax.__version__} on {devices[0].platform} "
+    f"({devices[0].device_kind}) x{len(devices)}; Python {platform.python_version()}"
   )
 
 

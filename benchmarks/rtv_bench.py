@@ -1,15 +1,16 @@
-"""RTV: batched JAX conjugate gradient vs the float64 sparse direct solve of the reference algorithm.
+"""RTV: batched JAX conjugate gradient vs a float64 sparse direct solve of the reference algorithm.
 
   python -m benchmarks.rtv_bench [--repeats 3]
 
 Both run in this process on the same images: real radiographs from ../shared/data/fracatlas when
-present (phantoms otherwise) — one 512x512 image, and a batch of 8 at 256x256 — with the reference
-code's default parameters and StructureFlow's, at the default CG tolerance and at a tight one. Prints
-a Markdown table: seconds, CG iterations per outer iteration (max over the batch), max-abs difference
-from the reference, and the per-image speed ratio.
+present (phantoms otherwise), one 512x512 image and a batch of 8 at 256x256, with the reference
+code's default parameters and StructureFlow's, at the default CG tolerance and a tight one.
+Prints a Markdown table: seconds, CG iterations per outer iteration (max over the batch), max-abs
+difference from the reference, and the per-image speed ratio.
 """
 
 import argparse
+import functools
 import glob
 import os
 import time
@@ -25,8 +26,8 @@ from tests import rtv_reference
 
 FRACATLAS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fracatlas")
 PARAMS = {
-    "reference (0.01, 3, 0.02, 4)": (0.01, 3.0, 0.02, 4),
-    "StructureFlow (0.015, 3, 0.001, 3)": (0.015, 3.0, 0.001, 3),
+  "reference (0.01, 3, 0.02, 4)": (0.01, 3.0, 0.02, 4),
+  "StructureFlow (0.015, 3, 0.001, 3)": (0.015, 3.0, 0.001, 3),
 }
 TOLS = {"default": rtv.DEFAULT_TOL, "tight": 1e-6}
 
@@ -45,37 +46,39 @@ def main():
   args = parser.parse_args()
   print(f"machine: {machine_description()}\n")
   print(
-      "| case | parameters | tol | JAX s (all images) | reference s (all images) | speed-up per image "
-      "| CG iters per outer iter | max-abs diff |"
+    "| case | parameters | tol | JAX s (all images) | reference s (all images) "
+    "| speed-up per image | CG iters per outer iter | max-abs diff |"
   )
   print("|---|---|---|---|---|---|---|---|")
   for case, (n, size) in (("1 x 512^2", (1, 512)), ("8 x 256^2", (8, 256))):
     images, source = load_images(n, size)
     for pname, params in PARAMS.items():
       t0 = time.perf_counter()
-      expected = np.stack([rtv_reference.tsmooth(img.astype(np.float64), *params) for img in images])
+      expected = np.stack(
+        [rtv_reference.tsmooth(img.astype(np.float64), *params) for img in images]
+      )
       ref_s = time.perf_counter() - t0
       for tname, tol in TOLS.items():
         lam, sigma, sharpness, n_iter = params
-        call = lambda: jax.block_until_ready(
-            rtv.extract_structure_with_info(
-                jnp.asarray(images)[..., None],
-                lam=lam,
-                sigma=sigma,
-                sharpness=sharpness,
-                n_iter=n_iter,
-                tol=tol,
-                max_cg_iters=2000,
-            )
+        extract = functools.partial(
+          rtv.extract_structure_with_info,
+          jnp.asarray(images)[..., None],
+          lam=lam,
+          sigma=sigma,
+          sharpness=sharpness,
+          n_iter=n_iter,
+          tol=tol,
+          max_cg_iters=2000,
         )
+        call = lambda extract=extract: jax.block_until_ready(extract())
         structure, info = call()  # Compile.
         jax_s = best_time(call, args.repeats)
         diff = float(np.abs(np.asarray(structure)[..., 0] - expected).max())
         iters = np.asarray(info.cg_iters).max(axis=(1, 2)).tolist()
         print(
-            f"| {case} ({source}) | {pname} | {tname} {tol:g} | {jax_s:.3f} | {ref_s:.3f} | "
-            f"{ref_s / jax_s:.1f}x | {iters} | {diff:.1e} |",
-            flush=True,
+          f"| {case} ({source}) | {pname} | {tname} {tol:g} | {jax_s:.3f} | {ref_s:.3f} | "
+          f"{ref_s / jax_s:.1f}x | {iters} | {diff:.1e} |",
+          flush=True,
         )
 
 

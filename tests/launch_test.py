@@ -1,0 +1,73 @@
+"""The entry point: dispatch, clear errors for bad trainers/modes, and the demo job end to end."""
+
+import os
+import subprocess
+import sys
+
+from absl.testing import absltest
+
+REPO = os.path.join(os.path.dirname(__file__), "..")
+
+
+def launch(*args):
+  return subprocess.run(
+    [sys.executable, "launch.py", *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    check=False,
+  )
+
+
+class LaunchTest(absltest.TestCase):
+  def test_rtv_demo_smoke_writes_structures_and_summary(self):
+    workdir = self.create_tempdir().full_path
+    result = launch("--config=configs/rtv_demo.py:smoke", f"--workdir={workdir}")
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    out = os.path.join(workdir, "rtv")
+    self.assertTrue(os.path.exists(os.path.join(out, "structure_texture.png")))
+    self.assertLen([f for f in os.listdir(out) if f.endswith("_structure.png")], 2)
+    with open(os.path.join(out, "summary.txt")) as f:
+      summary = f.read()
+    self.assertIn("images: 2 at 64x64", summary)
+    self.assertIn("CG iterations", summary)
+
+  def test_unknown_trainer_lists_valid_ones(self):
+    result = launch(
+      "--config=configs/rtv_demo.py:smoke",
+      "--workdir=/tmp/unused",
+      "--config.trainer=nope",
+    )
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("config.trainer='nope'", result.stderr)
+    self.assertIn("valid trainers: rtv_demo", result.stderr)
+
+  def test_unknown_mode_lists_valid_ones(self):
+    result = launch("--config=configs/rtv_demo.py:smoke", "--workdir=/tmp/unused", "--mode=fly")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("--mode='fly'", result.stderr)
+    self.assertIn("valid modes: run", result.stderr)
+
+  def test_misspelt_config_field_fails(self):
+    result = launch(
+      "--config=configs/rtv_demo.py:smoke", "--workdir=/tmp/unused", "--config.imgs=1"
+    )
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("imgs", result.stderr)
+
+  def test_unreadable_image_is_named(self):
+    workdir = self.create_tempdir().full_path
+    missing = os.path.join(workdir, "missing.png")
+    result = launch(
+      "--config=configs/rtv_demo.py:smoke",
+      f"--workdir={workdir}",
+      f"--config.images=('{missing}',)",
+    )
+    self.assertEqual(result.returncode, 2)
+    self.assertIn(f"error: config.images: cannot read image '{missing}'", result.stderr)
+    self.assertNotIn("Traceback", result.stderr)
+
+
+if __name__ == "__main__":
+  absltest.main()
