@@ -154,7 +154,7 @@ def _lesion(kind, rng, yy, xx, bones, axis, normal, size):
     amount = np.clip(1.0 - blob, 0.0, 1.0) ** 0.5 * texture
     mask = (blob < 1.0) & inside
     sign = -1.0 if kind == "lytic" else 1.0
-    delta = sign * (0.9 if kind == "lytic" else 1.2) * amount * mask
+    delta = sign * (0.9 if kind == "lytic" else 1.8) * amount * mask
   elif kind == "hardware":
     half_len = rng.uniform(0.12, 0.22) * length
     half_w = rng.uniform(0.25, 0.4) * bone.radius

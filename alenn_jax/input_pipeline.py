@@ -1,0 +1,262 @@
+"""Input pipeline: a built dataset -> host batches (grain) -> global arrays sharded on "data".
+
+Conventions, stated once for the whole project. A batch is a dict:
+
+  image        float32 [B, S, S, 1] in [-1, 1] (-1 black, +1 white): what the models see
+  lesion_mask  float32 [B, S, S, 1], 1 inside a known lesion
+  label        int32 [B], 0 normal, 1 abnormal
+  valid_box    int32 [B, 4] (top, left, height, width) of the image inside the letterboxed square,
+               so maps computed on the square can be cropped back to the image
+  weight       float32 [B], 1 for real examples, 0 for the padding of the last evaluation batch
+  id           numpy str [B_local], this process's ids (host-side only, never on device)
+
+Images are letterboxed: resized with the aspect kept so the longest side is S, then centred on a
+black S x S square. `batch_size` is global (all processes, all devices) and must be divisible by
+the device count. Training iterators are infinite, shuffled per epoch from a seed, augmented, and
+deterministic: the same seed gives the same batches, and `get_state()`/`set_state()` resume them.
+Evaluation iterators visit every example exactly once.
+"""
+
+import dataclasses
+import math
+import os
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from alenn_jax import datasets, sharding
+from alenn_jax.errors import UserInputError
+
+NUMERIC_KEYS = ("image", "lesion_mask", "label", "valid_box", "weight")
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """Defaults of `config.data`, shared by every stage."""
+  config = ml_collections.ConfigDict()
+  config.name = (
+    "phantoms/px128"  # A dataset of alenn_jax.datasets: phantoms/..., mura/..., fracatlas/...
+  )
+  config.data_dir = "~/tensorflow_datasets"  # Where built datasets live (built there on first use).
+  config.manual_dir = ""  # The unpacked MURA or FracAtlas files (not needed for phantoms).
+  config.image_size = 128  # Side S of the letterboxed square images.
+  config.labels = (0, 1)  # Labels to keep: (0,) for normals only (stage 1).
+  config.train_split = "train"
+  config.eval_split = "validation"
+  config.batch_size = 16  # Global batch size (the paper's 16).
+  config.seed = 0  # Shuffling and augmentation seed.
+  config.num_threads = 2  # Host threads decoding and augmenting.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.flip = True  # Random left-right flip.
+  config.augment.rotate_deg = 7.0  # Uniform rotation in [-x, x] degrees.
+  config.augment.scale = 0.08  # Uniform zoom in [1 - x, 1 + x].
+  config.augment.brightness = 0.08  # Added to the [0, 1] image, uniform in [-x, x].
+  config.augment.contrast = 0.15  # Contrast factor uniform in [1 - x, 1 + x], about the mean.
+  return config
+
+
+def letterbox(image: np.ndarray, size: int, resample=Image.Resampling.BILINEAR):
+  """`[H, W]` or `[H, W, 1]` uint8 -> (`[size, size]` uint8, (top, left, height, width))."""
+  image = image[..., 0] if image.ndim == 3 else image
+  h, w = image.shape
+  scale = size / max(h, w)
+  nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+  if (nh, nw) != (h, w):
+    image = np.asarray(Image.fromarray(image).resize((nw, nh), resample))
+  top, left = (size - nh) // 2, (size - nw) // 2
+  out = np.zeros((size, size), np.uint8)
+  out[top : top + nh, left : left + nw] = image
+  return out, (top, left, nh, nw)
+
+
+def _affine(image: np.ndarray, angle_deg: float, zoom: float, flip: bool, resample) -> np.ndarray:
+  """Rotation about the centre, zoom and optional flip of a square uint8 image (zero fill)."""
+  size = image.shape[0]
+  pil = Image.fromarray(image)
+  if flip:
+    pil = pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  if angle_deg or zoom != 1.0:
+    # PIL's affine maps output to input coordinates: inverse rotation and 1/zoom about the centre.
+    a = math.radians(angle_deg)
+    cos, sin = math.cos(a) / zoom, math.sin(a) / zoom
+    c = (size - 1) / 2.0
+    matrix = (cos, sin, c - cos * c - sin * c, -sin, cos, c + sin * c - cos * c)
+    pil = pil.transform(
+      (size, size), Image.Transform.AFFINE, matrix, resample=resample, fillcolor=0
+    )
+  return np.asarray(pil)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Preprocess:
+  """Decoded example -> numpy dict with the batch keys (augmented when `augment` is given)."""
+
+  size: int
+  augment: ml_collections.ConfigDict | None = None
+
+  def __call__(self, example: dict, rng: np.random.Generator | None = None) -> dict:
+    image, box = letterbox(example["image"], self.size)
+    mask, _ = letterbox(example["lesion_mask"], self.size, Image.Resampling.NEAREST)
+    out = image.astype(np.float32) / 255.0
+    if self.augment is not None and rng is not None:
+      aug = self.augment
+      flip = bool(aug.flip) and rng.random() < 0.5
+      angle = rng.uniform(-aug.rotate_deg, aug.rotate_deg)
+      zoom = rng.uniform(1.0 - aug.scale, 1.0 + aug.scale)
+      image = _affine(image, angle, zoom, flip, Image.Resampling.BILINEAR)
+      mask = _affine(mask, angle, zoom, flip, Image.Resampling.NEAREST)
+      out = image.astype(np.float32) / 255.0
+      contrast = rng.uniform(1.0 - aug.contrast, 1.0 + aug.contrast)
+      brightness = rng.uniform(-aug.brightness, aug.brightness)
+      out = np.clip((out - out.mean()) * contrast + out.mean() + brightness, 0.0, 1.0)
+    example_id = example["id"]
+    return {
+      "image": (out * 2.0 - 1.0)[:, :, None].astype(np.float32),
+      "lesion_mask": (mask > 0).astype(np.float32)[:, :, None],
+      "label": np.int32(example["label"]),
+      "valid_box": np.asarray(box, np.int32),
+      "weight": np.float32(1.0),
+      "id": example_id.decode("utf-8") if isinstance(example_id, bytes) else str(example_id),
+    }
+
+
+_PADDING = {"padding": True}  # Stands for the examples that fill the last evaluation batch.
+
+
+class _Subset:
+  """Random access to the examples of `source` at `indices` (`-1`: `_PADDING`)."""
+
+  def __init__(self, source, indices):
+    self._source = source
+    self._indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i):
+    index = int(self._indices[i])
+    return _PADDING if index < 0 else self._source[index]
+
+
+def _open_split(config: ml_collections.ConfigDict, split: str):
+  """(decoded source, label of every example) of a split; builds the dataset first if needed."""
+  data_dir = _expand(config.data_dir)
+  manual_dir = _expand(config.manual_dir) if config.manual_dir else None
+  builder = datasets.get_builder(config.name, data_dir, manual_dir)
+  if not builder.is_prepared():
+    if jax.process_count() > 1:
+      raise UserInputError(
+        f"config.data.name={config.name!r} is not built in {data_dir}; on several hosts, build it "
+        "first with python -m alenn_jax.datasets.prepare."
+      )
+    builder = datasets.build(config.name, data_dir, manual_dir)
+  if split not in builder.info.splits:
+    raise UserInputError(
+      f"config.data: {config.name} has no split {split!r}; splits: {sorted(builder.info.splits)}."
+    )
+  # Labels without decoding images: a cheap pass over the records.
+  skip = {"image": tfds.decode.SkipDecoding(), "lesion_mask": tfds.decode.SkipDecoding()}
+  raw = builder.as_data_source(split, decoders=skip)
+  labels = np.fromiter((raw[i]["label"] for i in range(len(raw))), np.int32, len(raw))
+  return builder.as_data_source(split), labels
+
+
+def _expand(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def _select(labels: np.ndarray, keep, name: str, split: str) -> np.ndarray:
+  indices = np.nonzero(np.isin(labels, np.asarray(keep)))[0]
+  if len(indices) == 0:
+    raise UserInputError(f"config.data.labels={tuple(keep)} selects no example of {name}:{split}.")
+  return indices
+
+
+def _local_batch_size(config, mesh) -> int:
+  sharding.check_batch_divisible(config.batch_size, mesh, "config.data.batch_size")
+  return config.batch_size // jax.process_count()
+
+
+def _stack(examples) -> dict:
+  batch = {k: np.stack([e[k] for e in examples]) for k in NUMERIC_KEYS}
+  batch["id"] = np.asarray([e["id"] for e in examples])
+  return batch
+
+
+class GlobalBatches:
+  """Iterates host batches as global arrays; `id` stays a host-local numpy array."""
+
+  def __init__(self, iterator, mesh, num_batches: int | None = None):
+    self._iterator = iterator
+    self._mesh = mesh
+    self.num_batches = num_batches  # None: infinite.
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    host = next(self._iterator)
+    batch = sharding.to_global({k: host[k] for k in NUMERIC_KEYS}, self._mesh)
+    batch["id"] = host["id"]
+    return batch
+
+  def get_state(self):
+    return self._iterator.get_state()
+
+  def set_state(self, state) -> None:
+    self._iterator.set_state(state)
+
+
+def train_iterator(
+  config: ml_collections.ConfigDict, mesh, split: str | None = None
+) -> GlobalBatches:
+  """Infinite, shuffled, augmented batches of the `config.labels` examples of the train split.
+
+  Args:
+    config: `config.data` (see `data_config`).
+    mesh: the device mesh; batches are split on its "data" axis.
+    split: defaults to `config.train_split`.
+  """
+  split = split or config.train_split
+  local_batch = _local_batch_size(config, mesh)
+  source, labels = _open_split(config, split)
+  indices = _select(labels, config.labels, config.name, split)
+  preprocess = _Preprocess(config.image_size, config.augment)
+  dataset = (
+    grain.MapDataset.source(_Subset(source, indices)).seed(config.seed).shuffle().repeat(None)
+  )
+  dataset = dataset[jax.process_index() :: jax.process_count()]
+  dataset = dataset.random_map(preprocess).batch(local_batch, drop_remainder=True, batch_fn=_stack)
+  read = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=2 * local_batch)
+  return GlobalBatches(iter(dataset.to_iter_dataset(read)), mesh)
+
+
+def eval_iterator(
+  config: ml_collections.ConfigDict, mesh, split: str | None = None, labels=None
+) -> GlobalBatches:
+  """One pass over every selected example of `split`, in order, the last batch padded (weight 0).
+
+  Every process gets the same number of batches, so collective evaluation steps never deadlock.
+  """
+  split = split or config.eval_split
+  local_batch = _local_batch_size(config, mesh)
+  source, all_labels = _open_split(config, split)
+  indices = _select(all_labels, config.labels if labels is None else labels, config.name, split)
+  num_batches = math.ceil(len(indices) / config.batch_size)
+  padded = np.full(num_batches * config.batch_size, -1, np.int64)
+  padded[: len(indices)] = indices
+  local = padded[jax.process_index() :: jax.process_count()]
+  preprocess = _Preprocess(config.image_size, None)
+  filler = preprocess(source[int(indices[0])])
+  filler = {**filler, "weight": np.float32(0.0), "id": ""}
+
+  def prepare(example):
+    return filler if example is _PADDING else preprocess(example)
+
+  dataset = grain.MapDataset.source(_Subset(source, local)).map(prepare)
+  dataset = dataset.batch(local_batch, drop_remainder=False, batch_fn=_stack)
+  read = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=2 * local_batch)
+  return GlobalBatches(iter(dataset.to_iter_dataset(read)), mesh, num_batches)

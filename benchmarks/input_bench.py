@@ -1,0 +1,63 @@
+"""Input pipeline throughput: images/s from a built dataset through the training pipeline.
+
+  python -m benchmarks.input_bench [--data_dir DIR] [--batches 40]
+
+Builds (once, into --data_dir) the FracAtlas hand sample from ../shared/data/fracatlas when present
+(real radiographs, stored with longest side 512) and the 128 px phantoms, then times the training
+iterator (decode, letterbox, augment, batch) at 128 and 256 px: host batches alone, and host batches
+turned into sharded global arrays.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+import jax
+
+from alenn_jax import datasets, input_pipeline, sharding
+from benchmarks.common import machine_description
+
+FRACATLAS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "fracatlas")
+
+
+def images_per_second(iterator, batches: int, batch_size: int, device: bool) -> float:
+  next_fn = iterator.__next__ if device else iterator._iterator.__next__
+  for _ in range(3):  # Warm up: thread pool, first decodes.
+    jax.block_until_ready(next_fn()["image"])
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    jax.block_until_ready(next_fn()["image"])
+  return batches * batch_size / (time.perf_counter() - t0)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "alenn_bench_data"))
+  parser.add_argument("--batches", type=int, default=40)
+  parser.add_argument("--batch_size", type=int, default=16)
+  args = parser.parse_args()
+  print(f"machine: {machine_description()}\n")
+  sources = [("phantoms/px128", None)]
+  if os.path.isdir(os.path.join(FRACATLAS, "images")):
+    sources.insert(0, ("fracatlas/hand", FRACATLAS))
+  mesh = sharding.make_mesh()
+  print("| dataset | image size | host images/s | + global arrays images/s |")
+  print("|---|---|---|---|")
+  for name, manual_dir in sources:
+    datasets.build(name, args.data_dir, manual_dir)
+    for size in (128, 256):
+      config = input_pipeline.data_config()
+      config.update(name=name, data_dir=args.data_dir, manual_dir=manual_dir or "", image_size=size)
+      config.batch_size = args.batch_size
+      host = images_per_second(
+        input_pipeline.train_iterator(config, mesh), args.batches, args.batch_size, False
+      )
+      full = images_per_second(
+        input_pipeline.train_iterator(config, mesh), args.batches, args.batch_size, True
+      )
+      print(f"| {name} | {size} | {host:.0f} | {full:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,149 @@
+"""The input pipeline on a built phantoms dataset, with 8 emulated devices."""
+
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+from absl.testing import absltest
+
+from alenn_jax import datasets, input_pipeline, sharding
+from alenn_jax.errors import UserInputError
+
+
+def ids(batch):
+  return [str(i) for i in batch["id"]]
+
+
+class LetterboxTest(absltest.TestCase):
+  def test_landscape_image_is_centred_with_aspect_kept(self):
+    image = np.full((20, 40), 200, np.uint8)
+    out, box = input_pipeline.letterbox(image, 32)
+    self.assertEqual(out.shape, (32, 32))
+    self.assertEqual(box, (8, 0, 16, 32))
+    self.assertTrue(np.all(out[8:24] == 200))
+    self.assertTrue(np.all(out[:8] == 0) and np.all(out[24:] == 0))
+
+  def test_augmentation_moves_mask_with_image(self):
+    rng = np.random.default_rng(0)
+    image = np.zeros((48, 48), np.uint8)
+    image[10:20, 5:30] = 255
+    example = {
+      "image": image[:, :, None],
+      "lesion_mask": (image > 0).astype(np.uint8)[:, :, None],
+      "label": 1,
+      "id": b"x",
+    }
+    config = input_pipeline.data_config().augment
+    config.brightness = 0.0
+    config.contrast = 0.0
+    preprocess = input_pipeline._Preprocess(48, config)
+    for _ in range(5):
+      out = preprocess(example, rng)
+      bright = out["image"][:, :, 0] > 0.0
+      mask = out["lesion_mask"][:, :, 0] > 0
+      iou = (bright & mask).sum() / (bright | mask).sum()
+      self.assertGreater(iou, 0.85)
+      self.assertEqual(out["id"], "x")
+
+
+class PipelineTest(absltest.TestCase):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data_dir = tempfile.mkdtemp()
+    datasets.build("phantoms/px64", cls.data_dir)
+    cls.mesh = sharding.make_mesh()
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.data_dir, ignore_errors=True)
+    super().tearDownClass()
+
+  def config(self, **overrides):
+    config = input_pipeline.data_config()
+    config.name = "phantoms/px64"
+    config.data_dir = self.data_dir
+    config.image_size = 48
+    config.batch_size = 8
+    config.update(overrides)
+    return config
+
+  def test_train_batches_are_global_sharded_arrays_in_range(self):
+    batch = next(input_pipeline.train_iterator(self.config(), self.mesh))
+    self.assertEqual(jax.device_count(), 8)
+    self.assertEqual(batch["image"].shape, (8, 48, 48, 1))
+    self.assertEqual(batch["image"].sharding, sharding.batch_sharding(self.mesh))
+    self.assertLen(batch["image"].addressable_shards, 8)
+    image = np.asarray(batch["image"])
+    self.assertGreaterEqual(image.min(), -1.0)
+    self.assertLessEqual(image.max(), 1.0)
+    self.assertEqual(np.asarray(batch["weight"]).tolist(), [1.0] * 8)
+    self.assertLen(batch["id"], 8)
+
+  def test_labels_keep_only_normals(self):
+    iterator = input_pipeline.train_iterator(self.config(labels=(0,)), self.mesh)
+    for _ in range(3):
+      batch = next(iterator)
+      self.assertEqual(np.asarray(batch["label"]).tolist(), [0] * 8)
+      self.assertTrue(all(i.endswith("normal") for i in ids(batch)))
+
+  def test_same_seed_same_batches_and_other_seed_differs(self):
+    a = input_pipeline.train_iterator(self.config(), self.mesh)
+    b = input_pipeline.train_iterator(self.config(), self.mesh)
+    c = input_pipeline.train_iterator(self.config(seed=1), self.mesh)
+    for _ in range(3):
+      ba, bb, bc = next(a), next(b), next(c)
+      np.testing.assert_array_equal(np.asarray(ba["image"]), np.asarray(bb["image"]))
+      self.assertEqual(ids(ba), ids(bb))
+    self.assertNotEqual(ids(ba), ids(bc))
+
+  def test_restored_state_resumes_the_same_stream(self):
+    config = self.config()
+    reference = input_pipeline.train_iterator(config, self.mesh)
+    expected = [next(reference) for _ in range(5)]  # Crosses an epoch boundary (32 examples).
+    resumed = input_pipeline.train_iterator(config, self.mesh)
+    next(resumed), next(resumed)
+    state = resumed.get_state()
+    fresh = input_pipeline.train_iterator(config, self.mesh)
+    fresh.set_state(state)
+    for want in expected[2:]:
+      got = next(fresh)
+      self.assertEqual(ids(got), ids(want))
+      np.testing.assert_array_equal(np.asarray(got["image"]), np.asarray(want["image"]))
+
+  def test_eval_visits_every_example_once_padding_the_last_batch(self):
+    config = self.config(batch_size=24)
+    iterator = input_pipeline.eval_iterator(config, self.mesh, "validation")
+    seen, weights = [], []
+    for batch in iterator:
+      self.assertEqual(batch["image"].shape[0], 24)
+      w = np.asarray(batch["weight"])
+      seen += [i for i, wi in zip(ids(batch), w, strict=True) if wi > 0]
+      weights += w.tolist()
+    self.assertEqual(iterator.num_batches, 1)
+    self.assertLen(seen, 16)
+    self.assertLen(set(seen), 16)
+    self.assertEqual(sum(weights), 16)
+    abnormal = input_pipeline.eval_iterator(config, self.mesh, "test", labels=(1,))
+    seen = [i for b in abnormal for i, w in zip(ids(b), np.asarray(b["weight"]), strict=True) if w]
+    self.assertLen(seen, 8)
+    self.assertFalse(any(i.endswith("normal") for i in seen))
+
+  def test_eval_is_not_augmented_and_keeps_the_box(self):
+    batch = next(input_pipeline.eval_iterator(self.config(), self.mesh, "validation"))
+    again = next(input_pipeline.eval_iterator(self.config(seed=5), self.mesh, "validation"))
+    np.testing.assert_array_equal(np.asarray(batch["image"]), np.asarray(again["image"]))
+    np.testing.assert_array_equal(np.asarray(batch["valid_box"])[0], [0, 0, 48, 48])
+
+  def test_bad_config_is_a_clear_error(self):
+    with self.assertRaisesRegex(ValueError, "config.data.batch_size=12 is not divisible by the 8"):
+      input_pipeline.train_iterator(self.config(batch_size=12), self.mesh)
+    with self.assertRaisesRegex(UserInputError, "no split 'valid'"):
+      input_pipeline.eval_iterator(self.config(), self.mesh, "valid")
+    with self.assertRaisesRegex(UserInputError, r"labels=\(2,\) selects no example"):
+      input_pipeline.train_iterator(self.config(labels=(2,)), self.mesh)
+
+
+if __name__ == "__main__":
+  absltest.main()
