@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 from alenn_jax.datasets import common
 from alenn_jax.datasets.fracatlas.fracatlas import FracAtlas
@@ -79,6 +80,7 @@ def build(dataset: str, data_dir: str, manual_dir: str | None = None, **kwargs):
           f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
     builder.download_and_prepare(download_config=builder._alenn_download_config)
+    logging.info("built %s", summary(builder))
   return builder
 
 
