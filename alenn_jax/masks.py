@@ -1,0 +1,130 @@
+"""Inpainting masks: 1 = keep, 0 = hole. `[B, H, W, 1]` float32.
+
+Training masks mix three kinds, drawn on device inside the train step from a per-step key: random
+rectangles, free-form strokes, and squares of the localization window size (so the generator is
+trained on exactly the task stage 2 gives it). `window_masks` enumerates the sliding windows of
+stage 2.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+KINDS = ("rectangle", "strokes", "window")
+
+
+def mask_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.weights = (0.3, 0.3, 0.4)  # Probabilities of rectangle, strokes, window-square masks.
+  config.rect_min = 0.15  # Rectangle side as a fraction of the image side, min...
+  config.rect_max = 0.5  # ... and max.
+  config.num_strokes = 4  # Free-form strokes per mask.
+  config.stroke_vertices = 5  # Vertices per stroke (a polyline).
+  config.stroke_width = 0.06  # Stroke width as a fraction of the image side.
+  config.window = 32  # Side of the window squares, pixels (stage 2's localization window).
+  return config
+
+
+def _grid(h: int, w: int):
+  yy, xx = jnp.meshgrid(
+    jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+  )
+  return yy, xx
+
+
+def rectangle_mask(key, h: int, w: int, min_frac: float, max_frac: float) -> jax.Array:
+  """One axis-aligned rectangular hole with sides in [min_frac, max_frac] of the image. [H, W]."""
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  rh = jnp.round(jax.random.uniform(k1, (), minval=min_frac, maxval=max_frac) * h)
+  rw = jnp.round(jax.random.uniform(k2, (), minval=min_frac, maxval=max_frac) * w)
+  top = jnp.floor(jax.random.uniform(k3, ()) * (h - rh + 1))
+  left = jnp.floor(jax.random.uniform(k4, ()) * (w - rw + 1))
+  yy, xx = _grid(h, w)
+  hole = (yy >= top) & (yy < top + rh) & (xx >= left) & (xx < left + rw)
+  return 1.0 - hole.astype(jnp.float32)
+
+
+def window_mask(key, h: int, w: int, window: int) -> jax.Array:
+  """A window x window square hole at a random position. [H, W]."""
+  window = min(window, h, w)
+  k1, k2 = jax.random.split(key)
+  top = jax.random.randint(k1, (), 0, h - window + 1)
+  left = jax.random.randint(k2, (), 0, w - window + 1)
+  yy, xx = _grid(h, w)
+  hole = (yy >= top) & (yy < top + window) & (xx >= left) & (xx < left + window)
+  return 1.0 - hole.astype(jnp.float32)
+
+
+def strokes_mask(key, h: int, w: int, num_strokes: int, vertices: int, width: float) -> jax.Array:
+  """Free-form holes: `num_strokes` random polylines of the given width (fraction of the side)."""
+  k1, k2 = jax.random.split(key)
+  start = jax.random.uniform(k1, (num_strokes, 1, 2)) * jnp.array([h, w], jnp.float32)
+  steps = jax.random.normal(k2, (num_strokes, vertices - 1, 2)) * (
+    0.15 * jnp.array([h, w], jnp.float32)
+  )
+  points = jnp.concatenate([start, start + jnp.cumsum(steps, axis=1)], axis=1)
+  a = points[:, :-1].reshape(-1, 2)  # Segment starts [S, 2].
+  b = points[:, 1:].reshape(-1, 2)
+  yy, xx = _grid(h, w)
+  p = jnp.stack([yy, xx], axis=-1)[:, :, None, :]  # [H, W, 1, 2]
+  ab = b - a
+  t = jnp.clip(jnp.sum((p - a) * ab, -1) / jnp.maximum(jnp.sum(ab * ab, -1), 1e-6), 0.0, 1.0)
+  dist = jnp.linalg.norm(p - (a + t[..., None] * ab), axis=-1)  # [H, W, S]
+  hole = jnp.min(dist, axis=-1) <= 0.5 * width * max(h, w)
+  return 1.0 - hole.astype(jnp.float32)
+
+
+def sample_masks(key, batch: int, h: int, w: int, config: ml_collections.ConfigDict) -> jax.Array:
+  """`[batch, H, W, 1]` masks, each of a kind drawn with probabilities `config.weights`."""
+  weights = jnp.asarray(config.weights, jnp.float32)
+  if weights.shape != (len(KINDS),):
+    raise ValueError(f"masks.weights must have {len(KINDS)} entries {KINDS}, got {config.weights}.")
+
+  def one(k):
+    k_kind, k_rect, k_strokes, k_window = jax.random.split(k, 4)
+    kind = jax.random.categorical(k_kind, jnp.log(weights / weights.sum()))
+    options = jnp.stack(
+      [
+        rectangle_mask(k_rect, h, w, config.rect_min, config.rect_max),
+        strokes_mask(
+          k_strokes, h, w, config.num_strokes, config.stroke_vertices, config.stroke_width
+        ),
+        window_mask(k_window, h, w, config.window),
+      ]
+    )
+    return options[kind]
+
+  return jax.vmap(one)(jax.random.split(key, batch))[..., None]
+
+
+def window_positions(h: int, w: int, window: int, stride: int) -> np.ndarray:
+  """Top-left corners `[K, 2]` of windows every `stride` pixels, the last ones flush with the border
+  so that every pixel is covered."""
+  if window > min(h, w) or window < 1 or stride < 1:
+    raise ValueError(
+      f"need 1 <= window <= min(h, w) and stride >= 1; got window={window}, "
+      f"stride={stride} for a {h}x{w} image."
+    )
+
+  def starts(n):
+    s = list(range(0, n - window + 1, stride))
+    if s[-1] != n - window:
+      s.append(n - window)
+    return s
+
+  return np.asarray([(t, l) for t in starts(h) for l in starts(w)], np.int32)
+
+
+def window_masks(h: int, w: int, window: int, stride: int) -> np.ndarray:
+  """`[K, H, W, 1]` float32 masks, each hiding one sliding window (0 inside it)."""
+  positions = window_positions(h, w, window, stride)
+  masks = np.ones((len(positions), h, w, 1), np.float32)
+  for k, (t, l) in enumerate(positions):
+    masks[k, t : t + window, l : l + window] = 0.0
+  return masks
+
+
+def composite(image: jax.Array, generated: jax.Array, mask: jax.Array) -> jax.Array:
+  """I * M + G * (1 - M): the known pixels kept exactly, the hole filled by the generator."""
+  return image * mask + generated * (1.0 - mask)

@@ -1,0 +1,129 @@
+"""Stage 1 networks: structure generator, texture generator and their patch discriminators.
+
+gen_s([E(I, M), E(S, M), M]) -> S_hat   (the structure of the hole, from the known image and structure)
+gen_t([E(I, M), S_hat, M])   -> I_hat   (the texture, on top of the reconstructed structure)
+disc_s(S) and disc_t(I)      -> a map of real/fake logits (PatchGAN, spectral normalisation)
+
+E(X, M) = X * M hides the hole (inputs are in [-1, 1], so the hole reads as mid grey). Generators are
+encoder (strided convolutions) -> residual blocks with dilation -> decoder (nearest upsampling +
+convolution) with skip connections from the encoder, instance norm, and a tanh output; in the
+spirit of StructureFlow (Ren et al., ICCV 2019) but with plain convolutions.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+# Sizes: width (channels of the first layer), depth (stride-2 downsamplings), residual blocks.
+SIZES = {
+  "full": dict(width=64, depth=3, num_res=7, disc_width=64),  # Near StructureFlow's (~36 M).
+  "small": dict(width=16, depth=3, num_res=2, disc_width=16),  # For CPU runs.
+  "smoke": dict(width=8, depth=2, num_res=1, disc_width=8),  # For tests.
+}
+
+
+def model_config(size: str) -> ml_collections.ConfigDict:
+  if size not in SIZES:
+    raise ValueError(f"unknown model size {size!r}; use one of {sorted(SIZES)}.")
+  config = ml_collections.ConfigDict(dict(SIZES[size]))
+  config.max_width = 512  # Channel cap of the generators' deepest layers.
+  config.dilation = 2  # Dilation of the residual blocks' first convolution.
+  config.disc_layers = 3  # Stride-2 layers of the discriminators.
+  return config
+
+
+class ResidualBlock(nn.Module):
+  features: int
+  dilation: int
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Conv(self.features, (3, 3), kernel_dilation=self.dilation, name="conv_dilated")(x)
+    y = nn.relu(nn.InstanceNorm(name="norm1")(y))
+    y = nn.Conv(self.features, (3, 3), name="conv")(y)
+    y = nn.InstanceNorm(name="norm2")(y)
+    return x + y
+
+
+class Generator(nn.Module):
+  """Encoder - residual blocks - decoder with skips. `[B, H, W, Cin]` -> `[B, H, W, 1]` in [-1, 1]."""
+
+  width: int
+  depth: int
+  num_res: int
+  max_width: int = 512
+  dilation: int = 2
+  out_channels: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    factor = 2**self.depth
+    if x.shape[1] % factor or x.shape[2] % factor:
+      raise ValueError(
+        f"generator input {x.shape[1]}x{x.shape[2]} must be divisible by 2**depth = {factor}; "
+        "change data.image_size or the model depth."
+      )
+    channels = [min(self.width * 2**i, self.max_width) for i in range(self.depth + 1)]
+    h = nn.relu(nn.InstanceNorm(name="stem_norm")(nn.Conv(channels[0], (7, 7), name="stem")(x)))
+    skips = [h]
+    for i in range(self.depth):
+      h = nn.Conv(channels[i + 1], (4, 4), strides=(2, 2), name=f"down{i}")(h)
+      h = nn.relu(nn.InstanceNorm(name=f"down{i}_norm")(h))
+      skips.append(h)
+    for r in range(self.num_res):
+      h = ResidualBlock(channels[-1], self.dilation, name=f"res{r}")(h)
+    for i in reversed(range(self.depth)):
+      b, hh, ww, c = h.shape
+      h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
+      h = jnp.concatenate([h, skips[i]], axis=-1)
+      h = nn.Conv(channels[i], (3, 3), name=f"up{i}")(h)
+      h = nn.relu(nn.InstanceNorm(name=f"up{i}_norm")(h))
+    return jnp.tanh(nn.Conv(self.out_channels, (7, 7), name="head")(h))
+
+
+class PatchDiscriminator(nn.Module):
+  """PatchGAN with spectral normalisation: `[B, H, W, C]` -> `[B, h, w, 1]` logits."""
+
+  width: int
+  num_layers: int = 3
+
+  @nn.compact
+  def __call__(self, x, *, update_stats: bool):
+    def conv(features, strides, name):
+      return nn.SpectralNorm(
+        nn.Conv(features, (4, 4), strides=strides, name=name), name=f"{name}_sn"
+      )
+
+    h = x
+    for i in range(self.num_layers):
+      h = conv(min(self.width * 2**i, 512), (2, 2), f"down{i}")(h, update_stats=update_stats)
+      h = nn.leaky_relu(h, 0.2)
+    h = conv(min(self.width * 2**self.num_layers, 512), (1, 1), "conv")(
+      h, update_stats=update_stats
+    )
+    h = nn.leaky_relu(h, 0.2)
+    return conv(1, (1, 1), "logits")(h, update_stats=update_stats)
+
+
+def build(config: ml_collections.ConfigDict):
+  """(gen_s, gen_t, disc_s, disc_t) for `config` (a `model_config`)."""
+  gen = dict(
+    width=config.width,
+    depth=config.depth,
+    num_res=config.num_res,
+    max_width=config.max_width,
+    dilation=config.dilation,
+  )
+  disc = dict(width=config.disc_width, num_layers=config.disc_layers)
+  return Generator(**gen), Generator(**gen), PatchDiscriminator(**disc), PatchDiscriminator(**disc)
+
+
+def generator_inputs_s(image, structure, mask):
+  """[E(I, M), E(S, M), M] for gen_s."""
+  return jnp.concatenate([image * mask, structure * mask, mask], axis=-1)
+
+
+def generator_inputs_t(image, structure_hat, mask):
+  """[E(I, M), S_hat, M] for gen_t."""
+  return jnp.concatenate([image * mask, structure_hat, mask], axis=-1)

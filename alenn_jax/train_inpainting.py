@@ -1,0 +1,467 @@
+"""Stage 1: structure-aware adversarial inpainting, trained on normal images only.
+
+Phase 1 fits the structure generator gen_s (with disc_s) to repaint the RTV structure S of masked
+normal images; phase 2 fits the texture generator gen_t (with disc_t) to repaint the image on top of
+gen_s's structure (gen_s frozen, or fine-tuned by `config.finetune_gen_s`). Losses are the paper's
+eq. 11-12 (see `losses`). S is computed by `rtv.extract_structure` inside the jitted step, and
+masks are drawn on device from a per-step key, so there is no pre-processing pass.
+
+Reads top to bottom: `create_train_state`, `train_step`, `eval_step` (`repaint`), `evaluate`
+(the paper's Table 1: PSNR/SSIM of repainting normal vs abnormal images), `train_and_evaluate`.
+Resuming is automatic from `workdir/checkpoints` (orbax): step, all parameters, optimizer and
+spectral-norm states, the RNG and the input iterator's position. The checkpoint's `generator` item
+(gen_s and gen_t parameters) is what stage 2 restores.
+"""
+
+import csv
+import dataclasses
+import functools
+import math
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+
+from alenn_jax import image_io, input_pipeline, losses, metrics, rtv, sharding
+from alenn_jax import masks as masks_lib
+from alenn_jax.errors import UserInputError
+from alenn_jax.models import inpainting
+
+NETS = ("gen_s", "disc_s", "gen_t", "disc_t")
+
+
+@flax.struct.dataclass
+class Net:
+  """One network: its parameters, optimizer state and (discriminators) spectral-norm vectors."""
+
+  params: Any
+  opt_state: Any
+  batch_stats: Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: global step over both phases.
+  rng: jax.Array  # Base PRNG key; step k uses fold_in(rng, k).
+  gen_s: Net
+  disc_s: Net
+  gen_t: Net
+  disc_t: Net
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+  """What the step functions close over: modules, optimizers and constants from the config."""
+
+  gen_s: inpainting.Generator
+  gen_t: inpainting.Generator
+  disc_s: inpainting.PatchDiscriminator
+  disc_t: inpainting.PatchDiscriminator
+  tx: optax.GradientTransformation
+  alpha: float
+  beta: float
+  d_steps: int
+  finetune_gen_s: bool
+  masks: ml_collections.FrozenConfigDict
+  rtv: tuple  # Sorted (name, value) pairs of extract_structure's keyword arguments.
+
+  @classmethod
+  def from_config(cls, config):
+    gen_s, gen_t, disc_s, disc_t = inpainting.build(config.model)
+    tx = optax.adam(config.optimizer.learning_rate, b1=config.optimizer.b1, b2=config.optimizer.b2)
+    return cls(
+      gen_s=gen_s,
+      gen_t=gen_t,
+      disc_s=disc_s,
+      disc_t=disc_t,
+      tx=tx,
+      alpha=config.alpha,
+      beta=config.beta,
+      d_steps=config.d_steps,
+      finetune_gen_s=config.finetune_gen_s,
+      masks=ml_collections.FrozenConfigDict(config.masks),
+      rtv=tuple(sorted(config.rtv.items())),
+    )
+
+
+def structure_of(images: jax.Array, static: Static) -> jax.Array:
+  """RTV structure of `[-1, 1]` images, in `[-1, 1]`."""
+  return rtv.extract_structure((images + 1.0) / 2.0, **dict(static.rtv)) * 2.0 - 1.0
+
+
+def create_train_state(config, static: Static, rng, image_size: int) -> TrainState:
+  """Fresh parameters and optimizer states for the four networks."""
+  k_gs, k_gt, k_ds, k_dt, k_rng = jax.random.split(rng, 5)
+  image = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
+  three = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+
+  def gen(module, key):
+    params = module.init(key, three)["params"]
+    return Net(params=params, opt_state=static.tx.init(params), batch_stats={})
+
+  def disc(module, key):
+    variables = module.init(key, image, update_stats=False)
+    params = variables["params"]
+    return Net(
+      params=params, opt_state=static.tx.init(params), batch_stats=variables["batch_stats"]
+    )
+
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    rng=k_rng,
+    gen_s=gen(static.gen_s, k_gs),
+    disc_s=disc(static.disc_s, k_ds),
+    gen_t=gen(static.gen_t, k_gt),
+    disc_t=disc(static.disc_t, k_dt),
+  )
+
+
+def inpaint(static: Static, gen_s_params, gen_t_params, images, structure, mask):
+  """(S_hat, I_hat, composite) for `[B, H, W, 1]` images, structures and masks."""
+  s_hat = static.gen_s.apply(
+    {"params": gen_s_params}, inpainting.generator_inputs_s(images, structure, mask)
+  )
+  i_hat = static.gen_t.apply(
+    {"params": gen_t_params}, inpainting.generator_inputs_t(images, s_hat, mask)
+  )
+  return s_hat, i_hat, masks_lib.composite(images, i_hat, mask)
+
+
+def _disc_apply(module, net_params, batch_stats, x, update):
+  variables = {"params": net_params, "batch_stats": batch_stats}
+  if update:
+    logits, new = module.apply(variables, x, update_stats=True, mutable=["batch_stats"])
+    return logits, new["batch_stats"]
+  return module.apply(variables, x, update_stats=False), batch_stats
+
+
+def train_step(state: TrainState, batch: dict, rng, *, static: Static, phase: int):
+  """One step of `phase` (1: gen_s/disc_s, 2: gen_t/disc_t): d_steps D updates, then one G update.
+
+  Returns:
+    `(new_state, metrics)`; metric names end in `_s` (phase 1) or `_t` (phase 2).
+  """
+  images = batch["image"]  # [B, H, W, 1] in [-1, 1]
+  b, h, w, _ = images.shape
+  mask = masks_lib.sample_masks(rng, b, h, w, static.masks)  # [B, H, W, 1], 1 = keep
+  structure = structure_of(images, static)
+  suffix = "s" if phase == 1 else "t"
+
+  if phase == 1:
+    disc, d_net = static.disc_s, state.disc_s
+    target, weight = structure, static.alpha
+    g_names = ("gen_s",)
+
+    def generate(g_params):
+      inputs = inpainting.generator_inputs_s(images, structure, mask)
+      return static.gen_s.apply({"params": g_params["gen_s"]}, inputs)
+
+  else:
+    disc, d_net = static.disc_t, state.disc_t
+    target, weight = images, static.beta
+    g_names = ("gen_s", "gen_t") if static.finetune_gen_s else ("gen_t",)
+
+    def generate(g_params):
+      gen_s_params = g_params.get("gen_s", state.gen_s.params)
+      inputs_s = inpainting.generator_inputs_s(images, structure, mask)
+      s_hat = static.gen_s.apply({"params": gen_s_params}, inputs_s)
+      if not static.finetune_gen_s:
+        s_hat = jax.lax.stop_gradient(s_hat)
+      inputs_t = inpainting.generator_inputs_t(images, s_hat, mask)
+      return static.gen_t.apply({"params": g_params["gen_t"]}, inputs_t)
+
+  g_params = {name: getattr(state, name).params for name in g_names}
+  fake = jax.lax.stop_gradient(generate(g_params))
+
+  def d_loss_fn(d_params, stats):
+    real_logits, stats = _disc_apply(disc, d_params, stats, target, True)
+    fake_logits, stats = _disc_apply(disc, d_params, stats, fake, True)
+    return losses.discriminator_loss(real_logits, fake_logits), stats
+
+  d_params, d_opt, d_stats = d_net.params, d_net.opt_state, d_net.batch_stats
+  for _ in range(static.d_steps):
+    (d_loss, d_stats), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d_params, d_stats)
+    updates, d_opt = static.tx.update(d_grads, d_opt, d_params)
+    d_params = optax.apply_updates(d_params, updates)
+
+  def g_loss_fn(params):
+    out = generate(params)
+    fake_logits, _ = _disc_apply(disc, d_params, d_stats, out, False)
+    l1 = losses.l1_loss(out, target)
+    adv = losses.generator_adversarial_loss(fake_logits)
+    return losses.weighted_generator_loss(l1, adv, weight), (l1, adv)
+
+  (g_loss, (l1, adv)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
+  new_nets = {}
+  for name in g_names:
+    net = getattr(state, name)
+    updates, opt_state = static.tx.update(g_grads[name], net.opt_state, net.params)
+    new_nets[name] = net.replace(
+      params=optax.apply_updates(net.params, updates), opt_state=opt_state
+    )
+  d_name = "disc_s" if phase == 1 else "disc_t"
+  new_nets[d_name] = d_net.replace(params=d_params, opt_state=d_opt, batch_stats=d_stats)
+  new_state = state.replace(step=state.step + 1, **new_nets)
+  step_metrics = {
+    f"g_loss_{suffix}": g_loss,
+    f"d_loss_{suffix}": d_loss,
+    f"l1_{suffix}": l1,
+    f"adv_{suffix}": adv,
+    f"g_grad_norm_{suffix}": optax.global_norm(g_grads),
+    f"d_grad_norm_{suffix}": optax.global_norm(d_grads),
+  }
+  return new_state, step_metrics
+
+
+def repaint(static: Static, gen_s_params, gen_t_params, images, window_masks):
+  """Every pixel repainted from its surroundings: each window of `window_masks` `[K, H, W, 1]` is
+  hidden and inpainted in turn, and each pixel takes the mean of the inpaintings whose hole covered
+  it. Returns `[B, H, W, 1]` in [-1, 1]."""
+  structure = structure_of(images, static)
+
+  def body(carry, mask):
+    total, count = carry
+    mask = jnp.broadcast_to(mask[None], images.shape)
+    _, i_hat, _ = inpaint(static, gen_s_params, gen_t_params, images, structure, mask)
+    return (total + i_hat * (1.0 - mask), count + (1.0 - mask)), None
+
+  zeros = jnp.zeros_like(images)
+  (total, count), _ = jax.lax.scan(body, (zeros, zeros), window_masks)
+  return total / jnp.maximum(count, 1.0)
+
+
+def eval_step(static: Static, gen_s_params, gen_t_params, batch, window_masks):
+  """Per-image PSNR and SSIM (on [0, 1]) of the repainted image against the original."""
+  images = batch["image"]
+  repainted = repaint(static, gen_s_params, gen_t_params, images, window_masks)
+  a, b = (images + 1.0) / 2.0, (repainted + 1.0) / 2.0
+  return {
+    "psnr": metrics.psnr(b, a, 1.0),
+    "ssim": metrics.ssim(b, a, 1.0),
+    "weight": batch["weight"],
+  }
+
+
+def evaluate(config, static: Static, state: TrainState, mesh) -> dict[str, dict[str, float]]:
+  """Table 1: mean PSNR/SSIM of repainting held-out normal and abnormal images (fixed windows)."""
+  size = config.data.image_size
+  window_masks = jnp.asarray(
+    masks_lib.window_masks(size, size, config.eval.window, config.eval.window)
+  )
+  step_fn = jax.jit(functools.partial(eval_step, static))
+  table = {}
+  for label, name in ((0, "normal"), (1, "abnormal")):
+    data = ml_collections.ConfigDict(config.data.to_dict())
+    iterator = input_pipeline.eval_iterator(data, mesh, config.eval.split, labels=(label,))
+    sums = {"psnr": 0.0, "ssim": 0.0, "count": 0.0}
+    for i, batch in enumerate(iterator):
+      if config.eval.max_batches and i >= config.eval.max_batches:
+        break
+      numeric = {k: batch[k] for k in ("image", "weight")}
+      out = jax.device_get(step_fn(state.gen_s.params, state.gen_t.params, numeric, window_masks))
+      w = out["weight"]
+      sums["psnr"] += float(np.sum(out["psnr"] * w))
+      sums["ssim"] += float(np.sum(out["ssim"] * w))
+      sums["count"] += float(np.sum(w))
+    n = max(sums["count"], 1.0)
+    table[name] = {"psnr": sums["psnr"] / n, "ssim": sums["ssim"] / n, "count": int(sums["count"])}
+  return table
+
+
+def write_table1(table, workdir: str) -> str:
+  path = os.path.join(workdir, "report", "table1.csv")
+  rows = [["Images", "PSNR", "SSIM", "Count"]]
+  rows += [[name, f"{v['psnr']:.4f}", f"{v['ssim']:.4f}", v["count"]] for name, v in table.items()]
+  with image_io.atomic_open(path, "w") as f:
+    csv.writer(f).writerows(rows)
+  return path
+
+
+def image_grid(static: Static, state: TrainState, batch: dict, rng, num: int) -> np.ndarray:
+  """Rows of (input, mask, structure, S_hat, I_hat, composite) in [0, 1]: `[num*H, 6*W]`."""
+  images = batch["image"][:num]
+  b, h, w, _ = images.shape
+  mask = masks_lib.sample_masks(rng, b, h, w, static.masks)
+  structure = structure_of(images, static)
+  s_hat, i_hat, comp = inpaint(
+    static, state.gen_s.params, state.gen_t.params, images, structure, mask
+  )
+  panels = [images * mask, mask * 2.0 - 1.0, structure, s_hat, i_hat, comp]
+  panels = [np.asarray(jax.device_get(p))[..., 0] for p in panels]
+  rows = [np.concatenate([p[i] for p in panels], axis=1) for i in range(b)]
+  return np.clip((np.concatenate(rows, axis=0) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+    save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints, create=True
+  )
+  return ocp.CheckpointManager(
+    os.path.join(workdir, "checkpoints"), item_names=("state", "generator", "data"), options=options
+  )
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _save(manager, step: int, state: TrainState, data_state, force: bool = False) -> None:
+  generator = {"gen_s": state.gen_s.params, "gen_t": state.gen_t.params}
+  manager.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      generator=ocp.args.StandardSave(generator),
+      data=ocp.args.JsonSave(data_state),
+    ),
+    force=force,
+  )
+
+
+def restore_generator(workdir: str, config, step: int | None = None):
+  """(gen_s params, gen_t params, step) from a stage 1 workdir (the latest checkpoint by default)."""
+  static = Static.from_config(config)
+  template = create_train_state(config, static, jax.random.PRNGKey(0), config.data.image_size)
+  mesh = sharding.make_mesh()
+  template = jax.device_put(template, sharding.replicated(mesh))
+  abstract = _abstract({"gen_s": template.gen_s.params, "gen_t": template.gen_t.params})
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise UserInputError(f"no stage 1 checkpoints in {directory}; train stage 1 there first.")
+  with ocp.CheckpointManager(directory, item_names=("state", "generator", "data")) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise UserInputError(f"no stage 1 checkpoint in {directory}; train stage 1 there first.")
+    restored = manager.restore(
+      step, args=ocp.args.Composite(generator=ocp.args.StandardRestore(abstract))
+    )
+  return restored.generator["gen_s"], restored.generator["gen_t"], step
+
+
+def _check_finite(step_metrics: dict, step: int, manager) -> None:
+  bad = {k: float(v) for k, v in step_metrics.items() if not math.isfinite(float(v))}
+  if bad:
+    manager.wait_until_finished()
+    raise FloatingPointError(
+      f"non-finite loss at step {step}: {bad}. Stopped without saving; the last good checkpoint "
+      f"(step {manager.latest_step()}) is intact. Lower optimizer.learning_rate or check the data."
+    )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains both phases (resuming from `workdir` when it holds a checkpoint), then writes Table 1."""
+  mesh = sharding.make_mesh()
+  static = Static.from_config(config)
+  total_steps = config.phase1_steps + config.phase2_steps
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  replicated = sharding.replicated(mesh)
+
+  state = create_train_state(
+    config, static, jax.random.PRNGKey(config.seed), config.data.image_size
+  )
+  state = jax.device_put(state, replicated)
+  data_config = ml_collections.ConfigDict(config.data.to_dict())
+  train_iter = input_pipeline.train_iterator(data_config, mesh)
+  manager = _checkpoint_manager(workdir, config)
+  start = manager.latest_step()
+  if start is not None:
+    restored = manager.restore(
+      start,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(state)), data=ocp.args.JsonRestore()
+      ),
+    )
+    state = restored.state
+    train_iter.set_state(restored.data)
+    logging.info("resumed from step %d", start)
+  else:
+    for name in NETS:
+      parameter_overview.log_parameter_overview(
+        getattr(state, name).params, msg=f"{name} parameters"
+      )
+  start = int(jax.device_get(state.step))
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch_shardings = {k: batch_sharding for k in input_pipeline.NUMERIC_KEYS}
+  steps = {}
+  for phase in (1, 2):
+    fn = functools.partial(train_step, static=static, phase=phase)
+    fn.__name__ = f"train_step_phase{phase}"
+    steps[phase] = jax.jit(
+      fn,
+      in_shardings=(replicated, batch_shardings, replicated),
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+    )
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  grid_batch = None
+  stop = total_steps if config.stop_at_step < 0 else min(config.stop_at_step, total_steps)
+  for step in range(start, stop):
+    batch = next(train_iter)
+    numeric = {k: batch[k] for k in input_pipeline.NUMERIC_KEYS}
+    if grid_batch is None:
+      grid_batch = numeric
+    phase = 1 if step < config.phase1_steps else 2
+    state, step_metrics = steps[phase](state, numeric, jax.random.fold_in(state.rng, step))
+    step_metrics = jax.device_get(step_metrics)
+    _check_finite(step_metrics, step, manager)
+    report(step + 1)
+    if (step + 1) % config.log_every == 0 or step + 1 == stop:
+      writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
+    if (step + 1) % config.eval_every == 0 or step + 1 == stop:
+      grid = image_grid(
+        static, state, grid_batch, jax.random.PRNGKey(config.seed + 1), config.grid_examples
+      )
+      writer.write_images(step + 1, {"train/grid": grid[None, :, :, None]})
+      if jax.process_index() == 0:
+        image_io.save_grey(grid, os.path.join(workdir, "images", f"grid_{step + 1:07d}.png"))
+    _save(
+      manager,
+      step + 1,
+      state,
+      train_iter.get_state(),
+      force=step + 1 in (config.phase1_steps, stop),
+    )
+  manager.wait_until_finished()
+  manager.close()
+  writer.flush()
+  if stop == total_steps:
+    run_evaluation(config, static, state, mesh, workdir, writer, total_steps)
+  return state
+
+
+def run_evaluation(config, static, state, mesh, workdir, writer, step) -> dict:
+  table = evaluate(config, static, state, mesh)
+  flat = {f"eval/{k}_{name}": v[k] for name, v in table.items() for k in ("psnr", "ssim")}
+  writer.write_scalars(step, flat)
+  writer.flush()
+  if jax.process_index() == 0:
+    path = write_table1(table, workdir)
+    for name, v in table.items():
+      logging.info(
+        "Table 1 %-8s PSNR %.3f dB  SSIM %.4f  (%d images)", name, v["psnr"], v["ssim"], v["count"]
+      )
+    logging.info("wrote %s", path)
+  return table
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`--mode=eval`: Table 1 for the latest (or `config.eval.checkpoint_step`) checkpoint."""
+  mesh = sharding.make_mesh()
+  static = Static.from_config(config)
+  step = config.eval.checkpoint_step if config.eval.checkpoint_step >= 0 else None
+  gen_s, gen_t, step = restore_generator(workdir, config, step)
+  state = create_train_state(config, static, jax.random.PRNGKey(0), config.data.image_size)
+  state = state.replace(
+    gen_s=state.gen_s.replace(params=gen_s), gen_t=state.gen_t.replace(params=gen_t)
+  )
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  return run_evaluation(config, static, state, mesh, workdir, writer, step)
