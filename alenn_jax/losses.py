@@ -5,7 +5,8 @@ L_I = beta  * L1(I_hat, I) + (1 - beta)  * L_adv(G_t)   (beta = 0.85)
 
 Adversarial terms are the non-saturating GAN losses on discriminator logits:
   generator:      -log sigmoid(D(fake))                  = softplus(-D(fake))
-  discriminator:  -log sigmoid(D(real)) - log(1 - sigmoid(D(fake))) = softplus(-D(real)) + softplus(D(fake))
+  discriminator:  -log sigmoid(D(real)) - log(1 - sigmoid(D(fake)))
+                = softplus(-D(real)) + softplus(D(fake))
 Every loss is a mean over all elements, computed inside the differentiated function.
 """
 

@@ -113,15 +113,15 @@ def window_positions(h: int, w: int, window: int, stride: int) -> np.ndarray:
       s.append(n - window)
     return s
 
-  return np.asarray([(t, l) for t in starts(h) for l in starts(w)], np.int32)
+  return np.asarray([(top, left) for top in starts(h) for left in starts(w)], np.int32)
 
 
 def window_masks(h: int, w: int, window: int, stride: int) -> np.ndarray:
   """`[K, H, W, 1]` float32 masks, each hiding one sliding window (0 inside it)."""
   positions = window_positions(h, w, window, stride)
   masks = np.ones((len(positions), h, w, 1), np.float32)
-  for k, (t, l) in enumerate(positions):
-    masks[k, t : t + window, l : l + window] = 0.0
+  for k, (top, left) in enumerate(positions):
+    masks[k, top : top + window, left : left + window] = 0.0
   return masks
 
 

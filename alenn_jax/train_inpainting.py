@@ -327,7 +327,7 @@ def _save(manager, step: int, state: TrainState, data_state, force: bool = False
 
 
 def restore_generator(workdir: str, config, step: int | None = None):
-  """(gen_s params, gen_t params, step) from a stage 1 workdir (the latest checkpoint by default)."""
+  """(gen_s params, gen_t params, step) of a stage 1 workdir (default: the latest checkpoint)."""
   static = Static.from_config(config)
   template = create_train_state(config, static, jax.random.PRNGKey(0), config.data.image_size)
   mesh = sharding.make_mesh()
@@ -357,7 +357,7 @@ def _check_finite(step_metrics: dict, step: int, manager) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains both phases (resuming from `workdir` when it holds a checkpoint), then writes Table 1."""
+  """Trains both phases (resuming from `workdir` if it holds a checkpoint), then writes Table 1."""
   mesh = sharding.make_mesh()
   static = Static.from_config(config)
   total_steps = config.phase1_steps + config.phase2_steps

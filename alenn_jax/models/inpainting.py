@@ -1,12 +1,12 @@
 """Stage 1 networks: structure generator, texture generator and their patch discriminators.
 
-gen_s([E(I, M), E(S, M), M]) -> S_hat   (the structure of the hole, from the known image and structure)
+gen_s([E(I, M), E(S, M), M]) -> S_hat   (the structure, from the known image and structure)
 gen_t([E(I, M), S_hat, M])   -> I_hat   (the texture, on top of the reconstructed structure)
 disc_s(S) and disc_t(I)      -> a map of real/fake logits (PatchGAN, spectral normalisation)
 
-E(X, M) = X * M hides the hole (inputs are in [-1, 1], so the hole reads as mid grey). Generators are
-encoder (strided convolutions) -> residual blocks with dilation -> decoder (nearest upsampling +
-convolution) with skip connections from the encoder, instance norm, and a tanh output; in the
+E(X, M) = X * M hides the hole (inputs are in [-1, 1], so the hole reads as mid grey). Generators
+are encoder (strided convolutions) -> residual blocks with dilation -> decoder (nearest upsampling
++ convolution) with skip connections from the encoder, instance norm, and a tanh output; in the
 spirit of StructureFlow (Ren et al., ICCV 2019) but with plain convolutions.
 """
 
@@ -47,7 +47,7 @@ class ResidualBlock(nn.Module):
 
 
 class Generator(nn.Module):
-  """Encoder - residual blocks - decoder with skips. `[B, H, W, Cin]` -> `[B, H, W, 1]` in [-1, 1]."""
+  """Encoder, residual blocks, decoder with skips: `[B, H, W, Cin]` -> `[B, H, W, 1]` in [-1, 1]."""
 
   width: int
   depth: int
