@@ -215,8 +215,8 @@ def train_step(state: TrainState, batch: dict, rng, *, static: Static, phase: in
     f"d_loss_{suffix}": d_loss,
     f"l1_{suffix}": l1,
     f"adv_{suffix}": adv,
-    f"g_grad_norm_{suffix}": optax.global_norm(g_grads),
-    f"d_grad_norm_{suffix}": optax.global_norm(d_grads),
+    f"g_grad_norm_{suffix}": optax.tree.norm(g_grads),
+    f"d_grad_norm_{suffix}": optax.tree.norm(d_grads),
   }
   return new_state, step_metrics
 
