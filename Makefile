@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdir/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo stage1 test lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/activate
 
 demo: $(VENV)/.installed
 	$(BIN)/python launch.py --config=configs/rtv_demo.py --workdir=$(WORKDIR) --alsologtostderr
+
+stage1: $(VENV)/.installed
+	$(BIN)/python launch.py --config=configs/stage1.py:small --workdir=workdir/stage1 --alsologtostderr
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
