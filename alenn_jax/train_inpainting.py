@@ -259,8 +259,7 @@ def evaluate(config, static: Static, state: TrainState, mesh) -> dict[str, dict[
   step_fn = jax.jit(functools.partial(eval_step, static))
   table = {}
   for label, name in ((0, "normal"), (1, "abnormal")):
-    data = ml_collections.ConfigDict(config.data.to_dict())
-    iterator = input_pipeline.eval_iterator(data, mesh, config.eval.split, labels=(label,))
+    iterator = input_pipeline.eval_iterator(config.data, mesh, config.eval.split, labels=(label,))
     sums = {"psnr": 0.0, "ssim": 0.0, "count": 0.0}
     for i, batch in enumerate(iterator):
       if config.eval.max_batches and i >= config.eval.max_batches:
@@ -368,8 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     config, static, jax.random.PRNGKey(config.seed), config.data.image_size
   )
   state = jax.device_put(state, replicated)
-  data_config = ml_collections.ConfigDict(config.data.to_dict())
-  train_iter = input_pipeline.train_iterator(data_config, mesh)
+  train_iter = input_pipeline.train_iterator(config.data, mesh)
   manager = _checkpoint_manager(workdir, config)
   start = manager.latest_step()
   if start is not None:
