@@ -31,13 +31,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def _trainers():
   """config.trainer -> {mode: function(config, workdir)}; the first mode is the default."""
-  from alenn_jax import rtv_demo, train_inpainting
+  from alenn_jax import localize, rtv_demo, train_inpainting
 
   return {
     "inpainting": {
       "train": train_inpainting.train_and_evaluate,
       "eval": train_inpainting.evaluate_checkpoint,
     },
+    "localize": {"run": localize.run},
     "rtv_demo": {"run": rtv_demo.run},
   }
 

@@ -141,8 +141,8 @@ class _Subset:
     return _PADDING if index < 0 else self._source[index]
 
 
-def _open_split(config: ml_collections.ConfigDict, split: str):
-  """(decoded source, label of every example) of a split; builds the dataset first if needed."""
+def _prepared_builder(config: ml_collections.ConfigDict, split: str):
+  """The dataset's builder, built first if needed; the split must exist."""
   data_dir = _expand(config.data_dir)
   manual_dir = _expand(config.manual_dir) if config.manual_dir else None
   builder = datasets.get_builder(config.name, data_dir, manual_dir)
@@ -157,11 +157,34 @@ def _open_split(config: ml_collections.ConfigDict, split: str):
     raise UserInputError(
       f"config.data: {config.name} has no split {split!r}; splits: {sorted(builder.info.splits)}."
     )
-  # Labels without decoding images: a cheap pass over the records.
+  return builder
+
+
+def _undecoded(builder, split):
+  """The split's records with images left encoded: a cheap pass for labels and ids."""
   skip = {"image": tfds.decode.SkipDecoding(), "lesion_mask": tfds.decode.SkipDecoding()}
-  raw = builder.as_data_source(split, decoders=skip)
+  return builder.as_data_source(split, decoders=skip)
+
+
+def _open_split(config: ml_collections.ConfigDict, split: str):
+  """(decoded source, label of every example) of a split; builds the dataset first if needed."""
+  builder = _prepared_builder(config, split)
+  raw = _undecoded(builder, split)
   labels = np.fromiter((raw[i]["label"] for i in range(len(raw))), np.int32, len(raw))
   return builder.as_data_source(split), labels
+
+
+def split_labels(config: ml_collections.ConfigDict, split: str) -> dict[str, int]:
+  """id -> label of every example of `split`, read without decoding images."""
+  raw = _undecoded(_prepared_builder(config, split), split)
+  out = {}
+  for i in range(len(raw)):
+    example = raw[i]
+    example_id = example["id"]
+    out[example_id.decode() if isinstance(example_id, bytes) else str(example_id)] = int(
+      example["label"]
+    )
+  return out
 
 
 def _expand(path: str) -> str:

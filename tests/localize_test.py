@@ -1,0 +1,168 @@
+"""Sliding-window difference maps, LE maps, the localize job and the localization scores."""
+
+import os
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+from sklearn import metrics as skm
+
+from alenn_jax import datasets, localize, report
+from alenn_jax import masks as masks_lib
+from alenn_jax import train_inpainting as ti
+from configs import localize as localize_config
+from configs import stage1
+
+
+def loop_difference_map(params, images, structure, inpaint_fn, window, stride):
+  """The plain reference: one window at a time."""
+  h, w = images.shape[1:3]
+  total = np.zeros(images.shape, np.float64)
+  count = np.zeros(images.shape, np.float64)
+  for mask in masks_lib.window_masks(h, w, window, stride):
+    mask = np.broadcast_to(mask[None], images.shape)
+    composite = np.asarray(inpaint_fn(params, images, structure, jnp.asarray(mask)))
+    total += np.abs(np.asarray(images) - composite) * (1 - mask) / 2
+    count += 1 - mask
+  return total / count
+
+
+class DifferenceMapTest(parameterized.TestCase):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    config = stage1.get_config("smoke")
+    cls.static = ti.Static.from_config(config)
+    state = ti.create_train_state(config, cls.static, jax.random.PRNGKey(0), 16)
+    cls.params = {"gen_s": state.gen_s.params, "gen_t": state.gen_t.params}
+    rng = np.random.default_rng(0)
+    cls.images = jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 1)), jnp.float32)
+    cls.structure = jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 1)), jnp.float32)
+    cls.inpaint_fn = staticmethod(localize.stage1_inpaint_fn(cls.static))
+
+  def run_map(self, chunk, window=8, stride=4, inpaint_fn=None):
+    fn = jax.jit(
+      lambda p, i, s: localize.difference_map(
+        p, i, s, inpaint_fn=inpaint_fn or self.inpaint_fn, window=window, stride=stride, chunk=chunk
+      )
+    )
+    return np.asarray(fn(self.params, self.images, self.structure))
+
+  def test_vmapped_chunks_equal_a_loop_over_windows(self):
+    expected = loop_difference_map(self.params, self.images, self.structure, self.inpaint_fn, 8, 4)
+    np.testing.assert_allclose(self.run_map(chunk=4), expected, atol=1e-5)
+    self.assertGreater(expected.max(), 0.01)
+
+  @parameterized.parameters(1, 3, 9, 64)
+  def test_chunk_size_does_not_change_the_result(self, chunk):
+    np.testing.assert_allclose(self.run_map(chunk=chunk), self.run_map(chunk=2), atol=1e-6)
+
+  def test_identity_inpainting_gives_zero(self):
+    identity = lambda p, images, s, m: images
+    np.testing.assert_array_equal(self.run_map(chunk=4, inpaint_fn=identity), 0.0)
+
+  def test_every_pixel_is_covered_and_averaged(self):
+    # A constant repainting: every pixel's mean over its windows is |I - 1| / 2, border included.
+    constant = lambda p, images, s, m: masks_lib.composite(images, jnp.ones_like(images), m)
+    got = self.run_map(chunk=5, window=7, stride=3, inpaint_fn=constant)
+    np.testing.assert_allclose(got, np.abs(np.asarray(self.images) - 1) / 2, atol=1e-6)
+
+  def test_le_map_uses_one_scale_and_clips(self):
+    d = np.array([[0.0, 0.05], [0.1, 0.4]])
+    np.testing.assert_allclose(localize.le_map(d, 0.1), [[0, 0.5], [1, 1]])
+
+
+class ScoresTest(absltest.TestCase):
+  def test_auroc_matches_sklearn_with_ties(self):
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 5, 300).astype(float)
+    labels = rng.random(300) < 0.3
+    self.assertAlmostEqual(
+      report.auroc(scores, labels), skm.roc_auc_score(labels, scores), places=10
+    )
+    self.assertTrue(np.isnan(report.auroc(scores, np.zeros(300, bool))))
+
+  def test_pointing_game_tolerance(self):
+    lesion = np.zeros((10, 10))
+    lesion[5, 5] = 1
+    score = np.zeros((10, 10))
+    score[5, 7] = 1.0
+    self.assertFalse(report.pointing_hit(score, lesion, 1))
+    self.assertTrue(report.pointing_hit(score, lesion, 2))
+
+  def test_perfect_map_scores_one(self):
+    lesion = np.zeros((8, 8))
+    lesion[2:4, 2:4] = 1
+    examples = [
+      {"id": "a", "label": 1, "lesion": lesion},
+      {"id": "n", "label": 0, "lesion": np.zeros((8, 8))},
+    ]
+    maps = {"ALENN": {"a": lesion * 0.5, "n": np.zeros((8, 8))}}
+    (row,) = report.score_maps(examples, maps, scale=0.5, tolerance=0)
+    self.assertEqual(row["pointing_game"], 1.0)
+    self.assertEqual(row["pixel_auroc"], 1.0)
+    self.assertEqual(row["le_inside_lesion"], 1.0)
+    self.assertEqual(row["le_outside_lesion"], 0.0)
+    self.assertEqual(row["normal_le_p99"], 0.0)
+
+
+class LocalizeJobTest(absltest.TestCase):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp()
+    cls.data_dir = os.path.join(cls.tmp, "data")
+    datasets.build("phantoms/px64", cls.data_dir)
+    cls.workdir = os.path.join(cls.tmp, "w")
+    config = stage1.get_config("smoke")
+    config.data.data_dir = cls.data_dir
+    config.phase1_steps = 1
+    config.phase2_steps = 1
+    config.stop_at_step = 2  # A checkpoint is all the localize job needs; skip Table 1.
+    ti.train_and_evaluate(config, cls.workdir)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def config(self):
+    config = localize_config.get_config("smoke")
+    config.data.data_dir = self.data_dir
+    config.stage1.data.data_dir = self.data_dir
+    config.stage1.phase1_steps = 1
+    config.stage1.phase2_steps = 1
+    return config
+
+  def test_maps_every_split_writes_report_and_resumes(self):
+    result = localize.run(self.config(), self.workdir)
+    self.assertEqual(result["images"], {"train": 32, "test": 16, "validation": 16})
+    maps = localize.read_le_maps(self.workdir, "validation")
+    self.assertLen(maps, 16)
+    for le in maps.values():
+      self.assertEqual(le.shape, (32, 32))
+      self.assertTrue(np.all((le >= 0) & (le <= 1)))
+    report_dir = os.path.join(self.workdir, "report")
+    for name in ("fig3_normal.png", "fig3_abnormal.png", "localization.csv"):
+      self.assertTrue(os.path.exists(os.path.join(report_dir, name)), name)
+    with open(os.path.join(report_dir, "localization.csv")) as f:
+      methods = [line.split(",")[0] for line in f.read().splitlines()[1:]]
+    self.assertEqual(methods, ["ALENN", "random", "centre prior"])
+
+    shard = os.path.join(self.workdir, "le_maps", "train", "shard_00000.npz")
+    before = os.path.getmtime(shard)
+    os.remove(os.path.join(self.workdir, "le_maps", "train", "shard_00001.npz"))
+    localize.run(self.config(), self.workdir)  # Resumes: only the missing shard is computed.
+    self.assertEqual(os.path.getmtime(shard), before)
+    self.assertLen(localize.read_le_maps(self.workdir, "train"), 32)
+
+  def test_missing_maps_are_a_clear_error(self):
+    with self.assertRaisesRegex(Exception, "run the localize job|no LE maps"):
+      localize.read_le_maps(os.path.join(self.tmp, "nothing"), "train")
+
+
+if __name__ == "__main__":
+  absltest.main()
