@@ -41,7 +41,7 @@ class LaunchTest(absltest.TestCase):
     )
     self.assertNotEqual(result.returncode, 0)
     self.assertIn("config.trainer='nope'", result.stderr)
-    self.assertIn("valid trainers: rtv_demo", result.stderr)
+    self.assertIn("valid trainers: inpainting, localize, rtv_demo.", result.stderr)
 
   def test_unknown_mode_lists_valid_ones(self):
     result = launch("--config=configs/rtv_demo.py:smoke", "--workdir=/tmp/unused", "--mode=fly")
