@@ -145,7 +145,7 @@ def _prepared_builder(config: ml_collections.ConfigDict, split: str):
   """The dataset's builder, built first if needed; the split must exist."""
   data_dir = _expand(config.data_dir)
   manual_dir = _expand(config.manual_dir) if config.manual_dir else None
-  builder = datasets.get_builder(config.name, data_dir, manual_dir)
+  builder = datasets.get_builder(config.name, data_dir)
   if not builder.is_prepared():
     if jax.process_count() > 1:
       raise UserInputError(
@@ -158,6 +158,12 @@ def _prepared_builder(config: ml_collections.ConfigDict, split: str):
       f"config.data: {config.name} has no split {split!r}; splits: {sorted(builder.info.splits)}."
     )
   return builder
+
+
+def split_names(config: ml_collections.ConfigDict) -> list[str]:
+  """Every split of the dataset, `config.train_split` first (building the dataset if needed)."""
+  names = list(_prepared_builder(config, config.train_split).info.splits)
+  return [config.train_split, *sorted(s for s in names if s != config.train_split)]
 
 
 def _undecoded(builder, split):

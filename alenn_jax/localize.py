@@ -137,20 +137,6 @@ def read_le_maps(workdir: str, split: str) -> dict[str, np.ndarray]:
 # The job.
 
 
-def _splits(config) -> list[str]:
-  from alenn_jax import datasets
-
-  builder = datasets.get_builder(
-    config.data.name, os.path.expanduser(config.data.data_dir), config.data.manual_dir or None
-  )
-  if not builder.is_prepared():
-    datasets.build(
-      config.data.name, os.path.expanduser(config.data.data_dir), config.data.manual_dir or None
-    )
-  names = list(builder.info.splits)
-  return [config.data.train_split, *sorted(s for s in names if s != config.data.train_split)]
-
-
 def map_split(config, params, static, mesh, workdir: str, split: str) -> int:
   """Computes and stores D for every image of `split`, skipping finished shards; returns a count."""
   step = jax.jit(
@@ -245,7 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("stage 1 generator from %s, step %d", source, step)
   params = jax.device_put({"gen_s": gen_s, "gen_t": gen_t}, sharding.replicated(mesh))
   counts = {}
-  for split in _splits(config):
+  for split in input_pipeline.split_names(config.data):
     counts[split] = map_split(config, params, static, mesh, workdir, split)
   labels = input_pipeline.split_labels(config.data, config.data.train_split)
   scale = compute_scale(config, workdir, labels)

@@ -37,11 +37,7 @@ def split_name(dataset: str) -> tuple[str, str]:
 
 
 def get_builder(
-  dataset: str,
-  data_dir: str,
-  manual_dir: str | None = None,
-  max_side: int | None = None,
-  strict: bool = False,
+  dataset: str, data_dir: str, max_side: int | None = None, strict: bool = False
 ) -> tfds.core.DatasetBuilder:
   """The builder of `dataset` ('name/config'); a `max_side` other than the config's own gives a
   config named '<config>_max<N>', stored beside the default one."""
@@ -55,18 +51,14 @@ def get_builder(
     if max_side < 16:
       raise UserInputError(f"max_side must be at least 16, got {max_side}.")
     config = dataclasses.replace(config, name=f"{base_name}_max{max_side}", max_side=max_side)
-  download_config = None
-  if manual_dir is not None:
-    download_config = tfds.download.DownloadConfig(manual_dir=os.path.abspath(manual_dir))
   builder = cls(data_dir=data_dir, config=config, file_format="array_record")
-  builder._alenn_download_config = download_config  # Used by `build`.
   builder.strict = strict
   return builder
 
 
 def build(dataset: str, data_dir: str, manual_dir: str | None = None, **kwargs):
   """Builds `dataset` into `data_dir` unless it is already there; returns the builder."""
-  builder = get_builder(dataset, data_dir, manual_dir, **kwargs)
+  builder = get_builder(dataset, data_dir, **kwargs)
   name = split_name(dataset)[0]
   if not builder.is_prepared():
     if name in NEEDS_MANUAL_DIR:
@@ -79,7 +71,10 @@ def build(dataset: str, data_dir: str, manual_dir: str | None = None, **kwargs):
           f"manual_dir {manual_dir!r} does not exist or is empty.\n"
           f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
-    builder.download_and_prepare(download_config=builder._alenn_download_config)
+    download_config = None
+    if manual_dir is not None:
+      download_config = tfds.download.DownloadConfig(manual_dir=os.path.abspath(manual_dir))
+    builder.download_and_prepare(download_config=download_config)
     logging.info("built %s", summary(builder))
   return builder
 
