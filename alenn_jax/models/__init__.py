@@ -1,1 +1,46 @@
-"""Flax Linen models: the stage 1 inpainting networks (and, later, the stage 2 backbones)."""
+"""Flax Linen models: the stage 1 inpainting networks and the stage 2 backbones.
+
+`get_backbone(name, num_classes, **overrides)` builds a classifier: `vgg19`, `resnet50`,
+`densenet121` or `inception_v3`, called as `model.apply(variables, x, train=...)` with `x`
+`[B, H, W, C]`. Overrides are the module's fields (`width`, `stage_sizes`, `block_config`, ...), so
+CPU-sized variants run the same code as the published networks.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+
+from alenn_jax.models.densenet import DenseNet
+from alenn_jax.models.inception import InceptionV3
+from alenn_jax.models.resnet import ResNet
+from alenn_jax.models.vgg import VGG
+
+BACKBONES = {
+  "vgg19": VGG,
+  "resnet50": ResNet,
+  "densenet121": DenseNet,
+  "inception_v3": InceptionV3,
+}
+
+# Each backbone's classification heads: never loaded from ImageNet weights (other class count).
+HEADS = {
+  "vgg19": ("classifier.6.",),
+  "resnet50": ("fc.",),
+  "densenet121": ("classifier.",),
+  "inception_v3": ("fc.", "AuxLogits.fc."),
+}
+
+
+def get_backbone(name: str, num_classes: int, **overrides) -> nn.Module:
+  """The backbone `name` with a `num_classes`-way head and the given field overrides."""
+  if name not in BACKBONES:
+    raise ValueError(f"unknown backbone {name!r}; use one of {', '.join(BACKBONES)}.")
+  cls = BACKBONES[name]
+  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(
+      f"backbone {name!r} has no field(s) {', '.join(unknown)}; its fields: "
+      f"{', '.join(sorted(fields))}."
+    )
+  return cls(num_classes=num_classes, **overrides)
