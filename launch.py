@@ -31,7 +31,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def _trainers():
   """config.trainer -> {mode: function(config, workdir)}; the first mode is the default."""
-  from alenn_jax import localize, rtv_demo, train_inpainting
+  from alenn_jax import localize, rtv_demo, train_classifier, train_inpainting
 
   return {
     "inpainting": {
@@ -39,6 +39,10 @@ def _trainers():
       "eval": train_inpainting.evaluate_checkpoint,
     },
     "localize": {"run": localize.run},
+    "classifier": {
+      "train": train_classifier.train_and_evaluate,
+      "eval": train_classifier.evaluate_checkpoint,
+    },
     "rtv_demo": {"run": rtv_demo.run},
   }
 

@@ -8,6 +8,8 @@ Conventions, stated once for the whole project. A batch is a dict:
   valid_box    int32 [B, 4] (top, left, height, width) of the image inside the letterboxed square,
                so maps computed on the square can be cropped back to the image
   weight       float32 [B], 1 for real examples, 0 for the padding of the last evaluation batch
+  le           float32 [B, S, S, 1] in [0, 1], the example's LE map (stage 2, only when the
+               iterator is given `le_maps`), letterboxed and augmented exactly as the image
   id           numpy str [B_local], this process's ids (host-side only, never on device)
 
 Images are letterboxed: resized with the aspect kept so the longest side is S, then centred on a
@@ -20,6 +22,7 @@ Evaluation iterators visit every example exactly once.
 import dataclasses
 import math
 import os
+from typing import Any
 
 import grain
 import jax
@@ -32,6 +35,12 @@ from alenn_jax import datasets, sharding
 from alenn_jax.errors import UserInputError
 
 NUMERIC_KEYS = ("image", "lesion_mask", "label", "valid_box", "weight")
+OPTIONAL_KEYS = ("le",)
+
+
+def numeric_keys(batch) -> tuple[str, ...]:
+  """The device-side keys of a batch (or example): NUMERIC_KEYS and the optional ones present."""
+  return NUMERIC_KEYS + tuple(k for k in OPTIONAL_KEYS if k in batch)
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -72,8 +81,21 @@ def letterbox(image: np.ndarray, size: int, resample=Image.Resampling.BILINEAR):
   return out, (top, left, nh, nw)
 
 
+def place_map(values: np.ndarray, box, size: int) -> np.ndarray:
+  """A float map of an image's own extent, resized into the letterbox `box` (top, left, height,
+  width) of a `[size, size]` square, zero outside: how a stored LE map meets its image."""
+  top, left, nh, nw = (int(v) for v in box)
+  pil = Image.fromarray(np.asarray(values, np.float32), mode="F")
+  if pil.size != (nw, nh):
+    pil = pil.resize((nw, nh), Image.Resampling.BILINEAR)
+  out = np.zeros((size, size), np.float32)
+  out[top : top + nh, left : left + nw] = np.asarray(pil, np.float32)
+  return out
+
+
 def _affine(image: np.ndarray, angle_deg: float, zoom: float, flip: bool, resample) -> np.ndarray:
-  """Rotation about the centre, zoom and optional flip of a square uint8 image (zero fill)."""
+  """Rotation about the centre, zoom and optional flip of a square uint8 or float32 image (zero
+  fill)."""
   size = image.shape[0]
   pil = Image.fromarray(image)
   if flip:
@@ -96,10 +118,18 @@ class _Preprocess:
 
   size: int
   augment: ml_collections.ConfigDict | None = None
+  le_maps: Any = None  # id -> LE map in [0, 1] of the image's own extent (stage 2), or None.
 
   def __call__(self, example: dict, rng: np.random.Generator | None = None) -> dict:
+    example_id = example["id"]
+    example_id = example_id.decode("utf-8") if isinstance(example_id, bytes) else str(example_id)
     image, box = letterbox(example["image"], self.size)
     mask, _ = letterbox(example["lesion_mask"], self.size, Image.Resampling.NEAREST)
+    le = None
+    if self.le_maps is not None:
+      if example_id not in self.le_maps:
+        raise UserInputError(f"no LE map for example {example_id!r}; recompute the LE maps.")
+      le = place_map(self.le_maps[example_id], box, self.size)
     out = image.astype(np.float32) / 255.0
     if self.augment is not None and rng is not None:
       aug = self.augment
@@ -108,19 +138,23 @@ class _Preprocess:
       zoom = rng.uniform(1.0 - aug.scale, 1.0 + aug.scale)
       image = _affine(image, angle, zoom, flip, Image.Resampling.BILINEAR)
       mask = _affine(mask, angle, zoom, flip, Image.Resampling.NEAREST)
+      if le is not None:
+        le = _affine(le, angle, zoom, flip, Image.Resampling.BILINEAR)
       out = image.astype(np.float32) / 255.0
       contrast = rng.uniform(1.0 - aug.contrast, 1.0 + aug.contrast)
       brightness = rng.uniform(-aug.brightness, aug.brightness)
       out = np.clip((out - out.mean()) * contrast + out.mean() + brightness, 0.0, 1.0)
-    example_id = example["id"]
-    return {
+    result = {
       "image": (out * 2.0 - 1.0)[:, :, None].astype(np.float32),
       "lesion_mask": (mask > 0).astype(np.float32)[:, :, None],
       "label": np.int32(example["label"]),
       "valid_box": np.asarray(box, np.int32),
       "weight": np.float32(1.0),
-      "id": example_id.decode("utf-8") if isinstance(example_id, bytes) else str(example_id),
+      "id": example_id,
     }
+    if le is not None:
+      result["le"] = np.clip(le, 0.0, 1.0)[:, :, None]
+    return result
 
 
 _PADDING = {"padding": True}  # Stands for the examples that fill the last evaluation batch.
@@ -210,7 +244,7 @@ def _local_batch_size(config, mesh) -> int:
 
 
 def _stack(examples) -> dict:
-  batch = {k: np.stack([e[k] for e in examples]) for k in NUMERIC_KEYS}
+  batch = {k: np.stack([e[k] for e in examples]) for k in numeric_keys(examples[0])}
   batch["id"] = np.asarray([e["id"] for e in examples])
   return batch
 
@@ -228,7 +262,7 @@ class GlobalBatches:
 
   def __next__(self) -> dict:
     host = next(self._iterator)
-    batch = sharding.to_global({k: host[k] for k in NUMERIC_KEYS}, self._mesh)
+    batch = sharding.to_global({k: host[k] for k in numeric_keys(host)}, self._mesh)
     batch["id"] = host["id"]
     return batch
 
@@ -240,7 +274,7 @@ class GlobalBatches:
 
 
 def train_iterator(
-  config: ml_collections.ConfigDict, mesh, split: str | None = None
+  config: ml_collections.ConfigDict, mesh, split: str | None = None, le_maps=None
 ) -> GlobalBatches:
   """Infinite, shuffled, augmented batches of the `config.labels` examples of the train split.
 
@@ -248,12 +282,13 @@ def train_iterator(
     config: `config.data` (see `data_config`).
     mesh: the device mesh; batches are split on its "data" axis.
     split: defaults to `config.train_split`.
+    le_maps: id -> LE map of the image's own extent; adds the batch key `le` (stage 2).
   """
   split = split or config.train_split
   local_batch = _local_batch_size(config, mesh)
   source, labels = _open_split(config, split)
   indices = _select(labels, config.labels, config.name, split)
-  preprocess = _Preprocess(config.image_size, config.augment)
+  preprocess = _Preprocess(config.image_size, config.augment, le_maps)
   dataset = (
     grain.MapDataset.source(_Subset(source, indices)).seed(config.seed).shuffle().repeat(None)
   )
@@ -264,7 +299,7 @@ def train_iterator(
 
 
 def eval_iterator(
-  config: ml_collections.ConfigDict, mesh, split: str | None = None, labels=None
+  config: ml_collections.ConfigDict, mesh, split: str | None = None, labels=None, le_maps=None
 ) -> GlobalBatches:
   """One pass over every selected example of `split`, in order, the last batch padded (weight 0).
 
@@ -278,7 +313,7 @@ def eval_iterator(
   padded = np.full(num_batches * config.batch_size, -1, np.int64)
   padded[: len(indices)] = indices
   local = padded[jax.process_index() :: jax.process_count()]
-  preprocess = _Preprocess(config.image_size, None)
+  preprocess = _Preprocess(config.image_size, None, le_maps)
   filler = preprocess(source[int(indices[0])])
   filler = {**filler, "weight": np.float32(0.0), "id": ""}
 

@@ -1,4 +1,5 @@
-"""Image-quality metrics (JAX): PSNR and SSIM, the paper's eq. 13-15.
+"""Metrics: image quality in JAX (PSNR and SSIM, the paper's eq. 13-15) and classification in
+numpy (accuracy, precision, recall, specificity, F1, Cohen's kappa, AUC, ROC; eq. 16-19).
 
 SSIM follows Wang et al. (2004) as scikit-image computes it with `gaussian_weights=True`: an 11 x 11
 Gaussian window (sigma 1.5, truncated at 3.5 sigma), K1 = 0.01, K2 = 0.03, population covariances,
@@ -59,3 +60,127 @@ def ssim(a: jax.Array, b: jax.Array, data_range: float) -> jax.Array:
   c2 = (SSIM_K2 * data_range) ** 2
   s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
   return jnp.mean(s[:, pad:-pad, pad:-pad, :], axis=(1, 2, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# Classification metrics (numpy). Abnormal = 1 = the positive class, always.
+
+
+def _binary_inputs(labels, probs) -> tuple[np.ndarray, np.ndarray]:
+  labels = np.asarray(labels).astype(np.int64).ravel()
+  probs = np.asarray(probs, np.float64).ravel()
+  if labels.shape != probs.shape:
+    raise ValueError(f"labels {labels.shape} and probs {probs.shape} differ in length.")
+  if labels.size and not np.isin(labels, (0, 1)).all():
+    raise ValueError("labels must be 0 (normal) or 1 (abnormal).")
+  return labels, probs
+
+
+def _ratio(num: float, den: float, name: str, warnings_out: list) -> float:
+  """num / den; 0 with a warning when den is 0 (scikit-learn's `zero_division` default)."""
+  if den == 0:
+    warnings_out.append(f"{name} is undefined (division by zero); reported as 0.")
+    return 0.0
+  return num / den
+
+
+def roc_curve(labels, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(fpr, tpr, thresholds) at every distinct score, highest first, starting at (0, 0) with
+  threshold +inf, as scikit-learn's `roc_curve(drop_intermediate=False)`. A class that is absent
+  gives a rate of NaN-free zeros (with a warning from `classification_metrics`)."""
+  labels, probs = _binary_inputs(labels, probs)
+  order = np.argsort(-probs, kind="mergesort")
+  scores, truth = probs[order], labels[order]
+  distinct = np.nonzero(np.diff(scores))[0]
+  ends = np.concatenate([distinct, [len(scores) - 1]]) if len(scores) else np.zeros(0, np.int64)
+  tps = np.cumsum(truth)[ends] if len(scores) else np.zeros(0)
+  fps = (ends + 1) - tps
+  tps = np.concatenate([[0], tps]).astype(np.float64)
+  fps = np.concatenate([[0], fps]).astype(np.float64)
+  thresholds = np.concatenate([[np.inf], scores[ends] if len(scores) else []])
+  p, n = tps[-1], fps[-1]
+  tpr = tps / p if p > 0 else np.zeros_like(tps)
+  fpr = fps / n if n > 0 else np.zeros_like(fps)
+  return fpr, tpr, thresholds
+
+
+def auc(labels, probs) -> float:
+  """Area under the ROC curve (trapezoids, i.e. ties count half); 0.5 when a class is absent."""
+  labels, probs = _binary_inputs(labels, probs)
+  if labels.min(initial=0) == labels.max(initial=0):
+    return 0.5
+  fpr, tpr, _ = roc_curve(labels, probs)
+  return float(np.trapezoid(tpr, fpr))
+
+
+def classification_metrics(labels, probs, threshold: float = 0.5) -> dict:
+  """Image-level (or study-level) scores of P(abnormal) `probs` against 0/1 `labels`.
+
+  Returns a dict: accuracy, precision, recall (sensitivity), specificity, f1, kappa (Cohen's), auc,
+  the confusion counts tp/fp/tn/fn, n, and `warnings` (a list of strings; not empty when a score
+  was undefined, e.g. every label one class — then that score is reported as 0, or 0.5 for AUC,
+  never NaN). A prediction is abnormal when prob >= threshold.
+  """
+  labels, probs = _binary_inputs(labels, probs)
+  pred = (probs >= threshold).astype(np.int64)
+  tp = int(np.sum((pred == 1) & (labels == 1)))
+  fp = int(np.sum((pred == 1) & (labels == 0)))
+  tn = int(np.sum((pred == 0) & (labels == 0)))
+  fn = int(np.sum((pred == 0) & (labels == 1)))
+  n = tp + fp + tn + fn
+  notes: list[str] = []
+  precision = _ratio(tp, tp + fp, "precision", notes)
+  recall = _ratio(tp, tp + fn, "recall", notes)
+  specificity = _ratio(tn, tn + fp, "specificity", notes)
+  f1 = _ratio(2 * tp, 2 * tp + fp + fn, "f1", notes)
+  accuracy = _ratio(tp + tn, n, "accuracy", notes)
+  # Cohen's kappa: (p_o - p_e) / (1 - p_e), p_e from the marginals of truth and prediction.
+  p_e = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / n**2 if n else 0.0
+  if n and p_e < 1.0:
+    kappa = (accuracy - p_e) / (1.0 - p_e)
+  else:
+    notes.append("kappa is undefined (chance agreement is 1); reported as 0.")
+    kappa = 0.0
+  if n and labels.min() == labels.max():
+    notes.append(f"only one class (label {labels[0]}) present; AUC reported as 0.5.")
+  return {
+    "accuracy": accuracy,
+    "precision": precision,
+    "recall": recall,
+    "specificity": specificity,
+    "f1": f1,
+    "kappa": float(kappa),
+    "auc": auc(labels, probs) if n else 0.5,
+    "tp": tp,
+    "fp": fp,
+    "tn": tn,
+    "fn": fn,
+    "n": n,
+    "warnings": notes,
+  }
+
+
+def study_level(ids, labels, probs, study_of) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """Study-level (the MURA protocol): each study's probability is the mean of its images'.
+
+  Args:
+    ids, labels, probs: per image.
+    study_of: image id -> study id.
+  Returns:
+    (study ids, study labels, study probabilities), studies sorted by id. A study whose images
+    disagree on the label is a ValueError naming it.
+  """
+  groups: dict[str, list[int]] = {}
+  for i, example_id in enumerate(ids):
+    groups.setdefault(study_of(str(example_id)), []).append(i)
+  labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+  names = sorted(groups)
+  out_labels, out_probs = [], []
+  for name in names:
+    members = groups[name]
+    values = set(labels[members].tolist())
+    if len(values) != 1:
+      raise ValueError(f"study {name!r} has images with different labels {sorted(values)}.")
+    out_labels.append(values.pop())
+    out_probs.append(float(np.mean(probs[members])))
+  return names, np.asarray(out_labels, np.int64), np.asarray(out_probs)

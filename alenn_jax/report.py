@@ -1,4 +1,5 @@
-"""Reports written into `workdir/report/`: Figure 3 and the localization table (stage 2a).
+"""Reports written into `workdir/report/`: Figure 3 and the localization table (stage 2a), Table 2
+and Figure 4 (stage 2b).
 
 Localization is scored where the dataset knows the lesion (phantoms' masks, FracAtlas's fracture
 masks), on the difference map D (the LE map before clipping, so saturated pixels do not tie):
@@ -14,6 +15,8 @@ inside the letterbox square.
 """
 
 import csv
+import glob
+import json
 import os
 
 import jax
@@ -22,7 +25,7 @@ import numpy as np
 from absl import logging
 from scipy import ndimage, stats
 
-from alenn_jax import image_io, input_pipeline, localize
+from alenn_jax import image_io, input_pipeline, localize, metrics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -172,3 +175,135 @@ def localization_report(config, workdir: str, mesh, scale: float) -> list[dict]:
       row["normal_le_p99"],
     )
   return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2b: Table 2 and Figure 4.
+
+TABLE2_COLUMNS = (
+  "Backbone",
+  "With LE",
+  "Accuracy",
+  "Precision",
+  "Recall",
+  "Specificity",
+  "F1",
+  "Kappa",
+  "AUC",
+  "n",
+)
+BACKBONE_NAMES = {
+  "vgg19": "VGG-19",
+  "resnet50": "ResNet-50",
+  "densenet121": "DenseNet-121",
+  "inception_v3": "Inception-v3",
+}
+
+
+def _run_results(run_dir: str, split: str) -> dict | None:
+  """A classifier run's scores and predictions on `split`, or None when it has none yet."""
+  path = os.path.join(run_dir, "report", f"metrics_{split}.json")
+  preds = os.path.join(run_dir, "report", f"predictions_{split}.csv")
+  if not (os.path.exists(path) and os.path.exists(preds)):
+    return None
+  from alenn_jax import train_classifier
+
+  with open(path) as f:
+    info = json.load(f)
+  info["predictions"] = train_classifier.read_predictions(preds)
+  info["run_dir"] = run_dir
+  return info
+
+
+def table2_rows(results: list[dict], level: str = "image") -> list[dict]:
+  """One row per run, ordered by backbone then fusion (none first), as in the paper's Table 2."""
+  order = list(BACKBONE_NAMES)
+
+  def key(r):
+    backbone = order.index(r["backbone"]) if r["backbone"] in order else len(order)
+    return (backbone, r["backbone"], r["fusion"] != "none", r["fusion"])
+
+  rows = []
+  for r in sorted(results, key=key):
+    if level not in r:
+      continue
+    s = r[level]
+    le = "no" if r["fusion"] == "none" else f"yes ({r['fusion']})"
+    rows.append(
+      dict(
+        zip(
+          TABLE2_COLUMNS,
+          (
+            BACKBONE_NAMES.get(r["backbone"], r["backbone"]),
+            le,
+            *(f"{s[k]:.4f}" for k in ("accuracy", "precision", "recall", "specificity")),
+            *(f"{s[k]:.4f}" for k in ("f1", "kappa", "auc")),
+            s["n"],
+          ),
+          strict=True,
+        )
+      )
+    )
+  return rows
+
+
+def figure4(results: list[dict], path: str, title: str) -> None:
+  """ROC curves, one panel per backbone, with and without LE, AUC in the legend."""
+  backbones = [b for b in BACKBONE_NAMES if any(r["backbone"] == b for r in results)]
+  backbones += sorted({r["backbone"] for r in results} - set(backbones))
+  cols = min(len(backbones), 4)
+  fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols, 3.6), squeeze=False)
+  for ax, backbone in zip(axes[0], backbones, strict=True):
+    for r in sorted(
+      (r for r in results if r["backbone"] == backbone), key=lambda r: r["fusion"] != "none"
+    ):
+      p = r["predictions"]
+      fpr, tpr, _ = metrics.roc_curve(p["labels"], p["probs"])
+      auc = metrics.auc(p["labels"], p["probs"])
+      label = "without LE" if r["fusion"] == "none" else f"with LE ({r['fusion']})"
+      ax.plot(fpr, tpr, lw=1.5, label=f"{label}, AUC {auc:.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_title(BACKBONE_NAMES.get(backbone, backbone))
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate (abnormal)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.legend(loc="lower right", fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  with image_io.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=110)
+  plt.close(fig)
+
+
+def _write_csv(path: str, rows: list[dict], columns) -> None:
+  with image_io.atomic_open(path, "w") as f:
+    writer = csv.DictWriter(f, fieldnames=list(columns))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def table2(run_dirs: list[str], report_dir: str, split: str) -> list[dict]:
+  """Table 2 (`table2.csv`, plus `table2_study.csv` for MURA) and Figure 4 (`fig4_roc.png`) from
+  the classifier runs in `run_dirs` that have scores on `split`. Returns the image-level rows."""
+  results = [r for r in (_run_results(d, split) for d in run_dirs) if r is not None]
+  if not results:
+    raise ValueError(f"no classifier results on split {split!r} in {run_dirs}.")
+  rows = table2_rows(results)
+  _write_csv(os.path.join(report_dir, "table2.csv"), rows, TABLE2_COLUMNS)
+  study_rows = table2_rows(results, "study")
+  if study_rows:
+    _write_csv(os.path.join(report_dir, "table2_study.csv"), study_rows, TABLE2_COLUMNS)
+  dataset = results[0]["dataset"]
+  figure4(
+    results,
+    os.path.join(report_dir, "fig4_roc.png"),
+    f"ROC on {dataset} {split} (positive class: abnormal)",
+  )
+  return rows
+
+
+def classifier_runs(root: str) -> list[str]:
+  """Run directories under `root` (each with a report/metrics_*.json), sorted."""
+  found = glob.glob(os.path.join(root, "*", "report", "metrics_*.json"))
+  return sorted({os.path.dirname(os.path.dirname(p)) for p in found})

@@ -1,0 +1,39 @@
+"""Lesion enhancement: how an image and its LE map become the classifier's input.
+
+  none      I                          1 channel (the baseline)
+  enhance   I * (1 + gamma * LE)       1 channel: lesion areas brightened (the paper's LE)
+  channels  [I, LE, I * LE]            3 channels, convenient for ImageNet-shaped stems
+
+I and LE are in [0, 1] here; inputs and outputs of `fuse` use the models' [-1, 1] convention (an
+enhanced pixel may exceed 1: that is the enhancement).
+"""
+
+import jax
+import jax.numpy as jnp
+
+MODES = ("none", "enhance", "channels")
+
+
+def num_channels(mode: str) -> int:
+  check_mode(mode)
+  return 3 if mode == "channels" else 1
+
+
+def check_mode(mode: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f"config.fusion={mode!r} is unknown; use one of {', '.join(MODES)}.")
+
+
+def fuse(images: jax.Array, le: jax.Array | None, mode: str, gamma: float = 1.0) -> jax.Array:
+  """`[B, H, W, 1]` images in [-1, 1] and LE maps in [0, 1] -> `[B, H, W, C]` model inputs."""
+  check_mode(mode)
+  if mode == "none":
+    return images
+  if le is None:
+    raise ValueError(f"fusion {mode!r} needs LE maps.")
+  if le.shape != images.shape:
+    raise ValueError(f"LE maps {le.shape} and images {images.shape} differ in shape.")
+  i01 = (images + 1.0) / 2.0
+  if mode == "enhance":
+    return i01 * (1.0 + gamma * le) * 2.0 - 1.0
+  return jnp.concatenate([i01, le, i01 * le], axis=-1) * 2.0 - 1.0
