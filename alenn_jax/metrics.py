@@ -107,7 +107,7 @@ def roc_curve(labels, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def auc(labels, probs) -> float:
   """Area under the ROC curve (trapezoids, i.e. ties count half); 0.5 when a class is absent."""
   labels, probs = _binary_inputs(labels, probs)
-  if labels.min(initial=0) == labels.max(initial=0):
+  if labels.size == 0 or labels.min() == labels.max():
     return 0.5
   fpr, tpr, _ = roc_curve(labels, probs)
   return float(np.trapezoid(tpr, fpr))

@@ -1,9 +1,10 @@
-"""Image metrics against scikit-image."""
+"""Image metrics against scikit-image, classification metrics against scikit-learn."""
 
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 from skimage import metrics as skm
+from sklearn import metrics as skl
 
 from alenn_jax import metrics
 
@@ -43,3 +44,75 @@ class ImageMetricsTest(parameterized.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class ClassificationMetricsTest(parameterized.TestCase):
+  @parameterized.parameters(0, 1, 2, 3)
+  def test_scores_match_sklearn(self, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 200)
+    probs = np.clip(0.3 * labels + rng.random(200) * 0.7, 0, 1).round(2)  # Ties included.
+    threshold = (0.5, 0.3, 0.7, 0.5)[seed]
+    got = metrics.classification_metrics(labels, probs, threshold)
+    pred = (probs >= threshold).astype(int)
+    self.assertAlmostEqual(got["accuracy"], skl.accuracy_score(labels, pred))
+    self.assertAlmostEqual(got["precision"], skl.precision_score(labels, pred))
+    self.assertAlmostEqual(got["recall"], skl.recall_score(labels, pred))
+    self.assertAlmostEqual(got["specificity"], skl.recall_score(labels, pred, pos_label=0))
+    self.assertAlmostEqual(got["f1"], skl.f1_score(labels, pred))
+    self.assertAlmostEqual(got["kappa"], skl.cohen_kappa_score(labels, pred))
+    self.assertAlmostEqual(got["auc"], skl.roc_auc_score(labels, probs))
+    self.assertEqual(got["warnings"], [])
+    fpr, tpr, thresholds = metrics.roc_curve(labels, probs)
+    want = skl.roc_curve(labels, probs, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, want[0])
+    np.testing.assert_allclose(tpr, want[1])
+    np.testing.assert_allclose(thresholds[1:], want[2][1:])
+
+  def test_abnormal_is_the_positive_class(self):
+    got = metrics.classification_metrics([1, 1, 0, 0], [0.9, 0.2, 0.1, 0.1])
+    self.assertEqual((got["tp"], got["fn"], got["tn"], got["fp"]), (1, 1, 2, 0))
+    self.assertEqual(got["recall"], 0.5)
+    self.assertEqual(got["precision"], 1.0)
+
+  @parameterized.parameters(0, 1)
+  def test_one_class_gives_defined_values_and_a_warning(self, label):
+    labels = np.full(10, label)
+    probs = np.linspace(0, 1, 10)
+    got = metrics.classification_metrics(labels, probs)
+    for key in ("accuracy", "precision", "recall", "specificity", "f1", "kappa", "auc"):
+      self.assertTrue(np.isfinite(got[key]), key)
+    self.assertEqual(got["auc"], 0.5)
+    self.assertNotEmpty(got["warnings"])
+    pred = (probs >= 0.5).astype(int)
+    self.assertAlmostEqual(got["accuracy"], skl.accuracy_score(labels, pred))
+    fpr, tpr, _ = metrics.roc_curve(labels, probs)
+    self.assertTrue(np.all(np.isfinite(fpr)) and np.all(np.isfinite(tpr)))
+
+  def test_perfect_agreement_and_constant_predictions(self):
+    perfect = metrics.classification_metrics([0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8])
+    self.assertEqual((perfect["kappa"], perfect["auc"], perfect["f1"]), (1.0, 1.0, 1.0))
+    constant = metrics.classification_metrics([0, 1, 0, 1], [0.9, 0.9, 0.9, 0.9])
+    self.assertEqual(constant["kappa"], skl.cohen_kappa_score([0, 1, 0, 1], [1, 1, 1, 1]))
+    self.assertEqual(constant["auc"], 0.5)
+
+  def test_bad_labels_are_refused(self):
+    with self.assertRaisesRegex(ValueError, "0 \\(normal\\) or 1"):
+      metrics.classification_metrics([0, 2], [0.1, 0.2])
+    with self.assertRaisesRegex(ValueError, "differ in length"):
+      metrics.classification_metrics([0, 1], [0.1])
+
+  def test_study_level_averages_images_of_a_study(self):
+    ids = [
+      "valid/XR_ELBOW/p1/study1_positive/image1",
+      "valid/XR_ELBOW/p1/study1_positive/image2",
+      "valid/XR_ELBOW/p2/study1_negative/image1",
+    ]
+    names, labels, probs = metrics.study_level(
+      ids, [1, 1, 0], [0.2, 0.6, 0.3], lambda i: i.rsplit("/", 1)[0]
+    )
+    self.assertEqual(names, sorted({i.rsplit("/", 1)[0] for i in ids}))
+    np.testing.assert_allclose(probs, [0.4, 0.3])
+    np.testing.assert_array_equal(labels, [1, 0])
+    with self.assertRaisesRegex(ValueError, "different labels"):
+      metrics.study_level(ids, [1, 0, 0], [0.2, 0.6, 0.3], lambda i: i.rsplit("/", 1)[0])

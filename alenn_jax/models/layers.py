@@ -166,6 +166,15 @@ def _torch_shape(shape) -> tuple[int, ...]:
   return shape
 
 
+def torchvision_shapes(variables: dict) -> dict[str, tuple[int, ...]]:
+  """torchvision name -> torchvision shape of every array (works on abstract variables too)."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
+  return {
+    torch_key(collection, tuple(path)): _torch_shape(value.shape)
+    for (collection, *path), value in flat.items()
+  }
+
+
 def torchvision_state(variables: dict) -> dict[str, np.ndarray]:
   """The inverse of `load_torchvision`: torchvision-named numpy arrays (for export and tests)."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))

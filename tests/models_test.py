@@ -1,0 +1,182 @@
+"""Stage 2 backbones: published parameter counts, forward passes, torchvision weight loading."""
+
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from alenn_jax import models
+from alenn_jax.errors import UserInputError
+from alenn_jax.models import layers
+from configs import stage2
+
+
+def count(params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def abstract_variables(model, size, channels=3):
+  x = jnp.zeros((1, size, size, channels), jnp.float32)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+
+
+class ParameterCountTest(parameterized.TestCase):
+  @parameterized.parameters(
+    ("vgg19", {}, 224, 143_667_240),
+    ("resnet50", {}, 224, 25_557_032),
+    ("densenet121", {}, 224, 7_978_856),
+    ("inception_v3", {}, 299, 27_161_264),
+    ("inception_v3", {"aux_logits": False}, 299, 23_834_568),
+  )
+  def test_published_counts_with_1000_classes(self, name, overrides, size, expected):
+    model = models.get_backbone(name, 1000, **overrides)
+    self.assertEqual(count(abstract_variables(model, size)["params"]), expected)
+
+  def test_unknown_backbone_and_field_are_refused(self):
+    with self.assertRaisesRegex(ValueError, "unknown backbone 'vgg16'.*resnet50"):
+      models.get_backbone("vgg16", 1)
+    with self.assertRaisesRegex(ValueError, "no field.*depth.*stage_sizes"):
+      models.get_backbone("resnet50", 1, depth=3)
+
+
+class ForwardTest(parameterized.TestCase):
+  @parameterized.parameters(
+    ("vgg19", 32, 1), ("resnet50", 32, 3), ("densenet121", 32, 1), ("inception_v3", 40, 3)
+  )
+  def test_reduced_variant_runs_train_and_eval(self, name, size, channels):
+    overrides = stage2._REDUCED["smoke"][name]
+    model = models.get_backbone(name, 1, **overrides)
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, size, size, channels)), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    logits = model.apply(variables, x, train=False)
+    self.assertEqual(logits.shape, (2, 1))
+    self.assertTrue(np.all(np.isfinite(logits)))
+    out, updates = model.apply(
+      variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)}, mutable=["batch_stats"]
+    )
+    if name == "inception_v3":
+      logits, aux = out
+      self.assertEqual(aux.shape, (2, 1))
+    else:
+      logits = out
+    self.assertEqual(logits.shape, (2, 1))
+    if name != "vgg19":  # VGG has no BatchNorm.
+      before = jax.tree.leaves(variables["batch_stats"])
+      after = jax.tree.leaves(updates["batch_stats"])
+      self.assertTrue(any(not np.allclose(a, b) for a, b in zip(before, after, strict=True)))
+
+  def test_inception_at_published_size_reaches_8x8(self):
+    model = models.get_backbone("inception_v3", 1, width=1 / 16)
+    x = jnp.zeros((1, 299, 299, 3))
+    shapes = jax.eval_shape(
+      lambda: model.init_with_output(
+        jax.random.PRNGKey(0), x, train=False, capture_intermediates=True
+      )
+    )[1]["intermediates"]
+    self.assertEqual(shapes["Mixed_7c"]["__call__"][0].shape[1:3], (8, 8))
+
+  def test_adaptive_pool_matches_torch_bins(self):
+    x = jnp.arange(5.0).reshape(1, 5, 1, 1)
+    out = layers.adaptive_avg_pool(jnp.tile(x, (1, 1, 3, 1)), 3, 1)
+    # torch: bins [0, 2), [1, 4), [3, 5) of 5 rows.
+    np.testing.assert_allclose(np.asarray(out)[0, :, 0, 0], [0.5, 2.0, 3.5])
+
+
+class TorchvisionWeightsTest(parameterized.TestCase):
+  @parameterized.parameters(
+    ("vgg19", ("features.0.weight", "features.34.bias", "classifier.6.weight")),
+    (
+      "resnet50",
+      (
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.downsample.0.weight",
+        "layer4.2.bn3.bias",
+        "fc.weight",
+      ),
+    ),
+    (
+      "densenet121",
+      (
+        "features.conv0.weight",
+        "features.denseblock1.denselayer1.norm1.weight",
+        "features.transition3.conv.weight",
+        "features.norm5.running_mean",
+        "classifier.bias",
+      ),
+    ),
+    (
+      "inception_v3",
+      (
+        "Conv2d_1a_3x3.conv.weight",
+        "Mixed_5b.branch_pool.bn.running_mean",
+        "Mixed_7c.branch3x3dbl_3b.conv.weight",
+        "AuxLogits.conv1.conv.weight",
+        "AuxLogits.fc.weight",
+        "fc.bias",
+      ),
+    ),
+  )
+  def test_parameter_names_are_torchvision_names(self, name, expected):
+    size = 299 if name == "inception_v3" else 224
+    model = models.get_backbone(name, 1000)
+    state = layers.torchvision_shapes(abstract_variables(model, size))
+    for key in expected:
+      self.assertIn(key, state)
+    if name == "vgg19":
+      self.assertEqual(state["classifier.0.weight"], (4096, 25088))
+      self.assertEqual(state["features.0.weight"], (64, 3, 3, 3))
+
+  def test_round_trip_and_grey_first_layer(self):
+    model = models.get_backbone("resnet50", 1, **stage2._REDUCED["smoke"]["resnet50"])
+    x3 = jnp.ones((1, 32, 32, 3))
+    source = model.init(jax.random.PRNGKey(1), x3, train=False)
+    target = model.init(jax.random.PRNGKey(2), jnp.ones((1, 32, 32, 1)), train=False)
+    state = layers.torchvision_state(source)
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, "w.npz")
+      np.savez(path, **state)
+      loaded = layers.load_torchvision(target, path, models.HEADS["resnet50"])
+    # RGB filters summed for a grey input: a grey image gives the same output as its RGB copy.
+    grey = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)), jnp.float32)
+    np.testing.assert_allclose(
+      model.apply(loaded, grey, train=False) - loaded["params"]["fc"]["bias"],
+      model.apply(
+        source | {"params": source["params"] | {"fc": loaded["params"]["fc"]}},
+        jnp.tile(grey, (1, 1, 1, 3)),
+        train=False,
+      )
+      - loaded["params"]["fc"]["bias"],
+      atol=1e-4,
+    )
+    # The head keeps its own initial values.
+    np.testing.assert_array_equal(
+      loaded["params"]["fc"]["kernel"], target["params"]["fc"]["kernel"]
+    )
+
+  def test_missing_file_key_or_shape_is_a_clear_error(self):
+    model = models.get_backbone("resnet50", 1, **stage2._REDUCED["smoke"]["resnet50"])
+    variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 32, 32, 1)), train=False)
+    state = layers.torchvision_state(variables)
+    with tempfile.TemporaryDirectory() as tmp:
+      with self.assertRaisesRegex(UserInputError, "no such file"):
+        layers.load_torchvision(variables, os.path.join(tmp, "absent.npz"))
+      missing = {k: v for k, v in state.items() if k != "layer2.0.conv2.weight"}
+      np.savez(os.path.join(tmp, "m.npz"), **missing)
+      with self.assertRaisesRegex(
+        UserInputError, "missing key 'layer2.0.conv2.weight'.*expected shape"
+      ):
+        layers.load_torchvision(variables, os.path.join(tmp, "m.npz"))
+      wrong = dict(state, **{"bn1.weight": np.zeros(7, np.float32)})
+      np.savez(os.path.join(tmp, "s.npz"), **wrong)
+      with self.assertRaisesRegex(
+        UserInputError, "'bn1.weight' has shape \\(7,\\), expected \\(4,\\)"
+      ):
+        layers.load_torchvision(variables, os.path.join(tmp, "s.npz"))
+
+
+if __name__ == "__main__":
+  absltest.main()

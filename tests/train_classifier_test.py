@@ -1,0 +1,147 @@
+"""Stage 2b trainer: the step function, and the :smoke trainer end to end on 8 emulated devices,
+without LE and with LE maps from a real :smoke stage 2a workdir."""
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+
+import chex
+import jax
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from alenn_jax import datasets, input_pipeline, localize, sharding
+from alenn_jax import train_classifier as tc
+from alenn_jax import train_inpainting as ti
+from alenn_jax.errors import UserInputError
+from configs import localize as localize_config
+from configs import stage1, stage2
+
+
+def leaves_equal(a, b) -> bool:
+  return all(
+    np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
+
+
+class ClassifierTest(parameterized.TestCase):
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp()
+    cls.data_dir = os.path.join(cls.tmp, "data")
+    datasets.build("phantoms/px64", cls.data_dir)
+    # A :smoke stage 2a workdir: two stage 1 steps, then LE maps of every split.
+    cls.le_workdir = os.path.join(cls.tmp, "stage2a")
+    s1 = stage1.get_config("smoke")
+    s1.data.data_dir = cls.data_dir
+    s1.phase1_steps, s1.phase2_steps, s1.stop_at_step = 1, 1, 2
+    ti.train_and_evaluate(s1, cls.le_workdir)
+    loc = localize_config.get_config("smoke")
+    loc.data.data_dir = cls.data_dir
+    loc.stage1.data.data_dir = cls.data_dir
+    loc.stage1.phase1_steps, loc.stage1.phase2_steps = 1, 1
+    localize.run(loc, cls.le_workdir)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def config(self, backbone="resnet50", fusion="none"):
+    config = stage2.get_config(f"smoke,backbone={backbone},fusion={fusion}")
+    config.data.data_dir = self.data_dir
+    config.le_workdir = self.le_workdir
+    return config
+
+  def test_train_step_compiles_once_and_learns(self):
+    config = self.config(fusion="enhance")
+    static = tc.Static.from_config(config)
+    mesh = sharding.make_mesh()
+    replicated = sharding.replicated(mesh)
+    state = jax.device_put(
+      tc.create_train_state(config, static, jax.random.PRNGKey(0), 32), replicated
+    )
+    le = tc.load_le_maps(config, self.tmp, "train")
+    batch = next(input_pipeline.train_iterator(config.data, mesh, le_maps=le))
+    numeric = {k: batch[k] for k in input_pipeline.numeric_keys(batch)}
+    self.assertEqual(numeric["le"].shape, (8, 32, 32, 1))
+
+    @chex.assert_max_traces(n=1)
+    def step(state, batch, rng):
+      return tc.train_step(state, batch, rng, static=static)
+
+    chex.clear_trace_counter()
+    step = jax.jit(step)
+    before = state.params
+    losses = []
+    for i in range(3):
+      state, metrics = step(state, numeric, jax.random.PRNGKey(i))
+      losses.append(float(metrics["loss"]))
+    self.assertTrue(all(np.isfinite(losses)))
+    self.assertLess(losses[-1], losses[0])  # Same batch three times: the loss must fall.
+    self.assertFalse(leaves_equal(before, state.params))
+    self.assertEqual(int(state.step), 3)
+
+  @parameterized.parameters("none", "enhance", "channels")
+  def test_smoke_trains_writes_table2_and_eval_reproduces_validation(self, fusion):
+    config = self.config(fusion=fusion)
+    workdir = os.path.join(self.tmp, f"run_{fusion}")
+    tc.train_and_evaluate(config, workdir)
+    report = os.path.join(workdir, "report")
+    for name in ("table2.csv", "fig4_roc.png", "metrics_test.json", "predictions_test.csv"):
+      self.assertTrue(os.path.exists(os.path.join(report, name)), name)
+    with open(os.path.join(report, "table2.csv")) as f:
+      rows = list(csv.DictReader(f))
+    self.assertLen(rows, 1)
+    self.assertEqual(rows[0]["Backbone"], "ResNet-50")
+    self.assertEqual(rows[0]["With LE"], "no" if fusion == "none" else f"yes ({fusion})")
+    for key in ("Accuracy", "Precision", "Recall", "F1", "Kappa", "AUC"):
+      self.assertTrue(np.isfinite(float(rows[0][key])), key)
+    self.assertEqual(int(rows[0]["n"]), 16)  # eval.max_batches=2 of 8.
+
+    # --mode=eval on the best checkpoint reproduces the validation numbers stored with it.
+    _, _, best_step, stored = tc.restore_model(
+      workdir,
+      config,
+      tc.Static.from_config(config),
+      tc.create_train_state(config, tc.Static.from_config(config), jax.random.PRNGKey(0), 32),
+      None,
+    )
+    config.eval.split = "validation"
+    scores = tc.evaluate_checkpoint(config, workdir)
+    self.assertEqual(json.loads(json.dumps(scores)), stored)
+    with open(os.path.join(report, "metrics_validation.json")) as f:
+      self.assertEqual(json.load(f)["step"], best_step)
+
+  def test_resumed_run_ends_with_the_same_params(self):
+    config = self.config()
+    whole = tc.train_and_evaluate(config, os.path.join(self.tmp, "whole"))
+    config.stop_at_step = 2
+    split_dir = os.path.join(self.tmp, "split")
+    tc.train_and_evaluate(config, split_dir)
+    self.assertFalse(os.path.exists(os.path.join(split_dir, "report", "table2.csv")))
+    config.stop_at_step = -1
+    resumed = tc.train_and_evaluate(config, split_dir)
+    self.assertTrue(leaves_equal(whole.params, resumed.params))
+    self.assertTrue(leaves_equal(whole.batch_stats, resumed.batch_stats))
+
+  def test_missing_le_map_names_the_id_and_workdir(self):
+    partial = os.path.join(self.tmp, "partial")
+    shutil.copytree(os.path.join(self.le_workdir, "le_maps"), os.path.join(partial, "le_maps"))
+    os.remove(os.path.join(partial, "le_maps", "train", "shard_00000.npz"))
+    config = self.config(fusion="enhance")
+    config.le_workdir = partial
+    with self.assertRaisesRegex(UserInputError, f"no LE map for example 'train/.*{partial}"):
+      tc.train_and_evaluate(config, os.path.join(self.tmp, "never"))
+
+  def test_eval_without_checkpoints_is_a_clear_error(self):
+    with self.assertRaisesRegex(UserInputError, "no classifier checkpoints"):
+      tc.evaluate_checkpoint(self.config(), os.path.join(self.tmp, "empty"))
+
+
+if __name__ == "__main__":
+  absltest.main()
