@@ -31,7 +31,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def _trainers():
   """config.trainer -> {mode: function(config, workdir)}; the first mode is the default."""
-  from alenn_jax import localize, rtv_demo, train_classifier, train_inpainting
+  from alenn_jax import localize, pipeline, rtv_demo, train_classifier, train_inpainting
 
   return {
     "inpainting": {
@@ -44,6 +44,7 @@ def _trainers():
       "eval": train_classifier.evaluate_checkpoint,
     },
     "rtv_demo": {"run": rtv_demo.run},
+    "pipeline": {"run": pipeline.run},
   }
 
 

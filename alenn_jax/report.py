@@ -18,6 +18,7 @@ import csv
 import glob
 import json
 import os
+import time
 
 import jax
 import matplotlib
@@ -307,3 +308,134 @@ def classifier_runs(root: str) -> list[str]:
   """Run directories under `root` (each with a report/metrics_*.json), sorted."""
   found = glob.glob(os.path.join(root, "*", "report", "metrics_*.json"))
   return sorted({os.path.dirname(os.path.dirname(p)) for p in found})
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline's report.md: every number is read from the files the stages wrote.
+
+
+def _read_csv(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def _markdown_table(rows: list[dict]) -> str:
+  if not rows:
+    return "_(not produced)_"
+  columns = list(rows[0])
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) -> str:
+  """W/report/report.md: what ran, Table 1, the localization table, Figure 3, Table 2, Figure 4."""
+  from alenn_jax.progress import format_seconds
+
+  data = config.data
+  devices = jax.devices()
+  lines = [
+    "# ALENN report",
+    "",
+    f"Workdir `{workdir}`; written {time.strftime('%Y-%m-%d %H:%M:%S')}. The full configuration is "
+    "in `../config.json`. Abnormal (label 1) is the positive class throughout.",
+    "",
+    "## What ran",
+    "",
+    f"- Data: `{data.name}` from `{data.data_dir}`, letterboxed to {data.image_size} px for "
+    f"stage 1 and the LE maps; classifiers at "
+    + ", ".join(f"{b} {config.stage2[b].data.image_size} px" for b in config.backbones)
+    + ".",
+    f"- Devices: {len(devices)} x {devices[0].platform} ({devices[0].device_kind}), "
+    f"{jax.process_count()} process(es).",
+    f"- Stage 1: model {dict(config.stage1.model)}, {config.stage1.phase1_steps} + "
+    f"{config.stage1.phase2_steps} steps at batch {config.stage1.data.batch_size}.",
+    f"- LE maps: window {config.localize.window} px, stride {config.localize.stride} px; scale = "
+    f"the {config.localize.percentile:g}th percentile of D over the training normals.",
+    f"- Classifiers: {', '.join(config.backbones)}, each with fusion "
+    f"{' and '.join(config.fusions)}; checkpoints selected by kappa on `{data.eval_split}`, "
+    f"scored on `{config.test_split}`.",
+    "",
+    "Images per split and label:",
+    "",
+  ]
+  count_rows = []
+  for split in input_pipeline.split_names(data):
+    labels = list(input_pipeline.split_labels(data, split).values())
+    normal = sum(1 for v in labels if v == 0)
+    count_rows.append(
+      {"split": split, "normal": normal, "abnormal": len(labels) - normal, "total": len(labels)}
+    )
+  lines += [
+    _markdown_table(count_rows),
+    "",
+    "Wall time per stage (of the run that finished it):",
+    "",
+  ]
+  time_rows = [
+    {"stage": name, "wall time": format_seconds(timings.get(name, {}).get("wall_s", float("nan")))}
+    for name, _, _ in plan
+  ]
+  total = sum(t.get("wall_s", 0.0) for t in timings.values())
+  time_rows.append({"stage": "**total**", "wall time": format_seconds(total)})
+  lines += [_markdown_table(time_rows), ""]
+
+  lines += [
+    "## Table 1: repainting normal and abnormal images",
+    "",
+    "Stage 1 repaints every pixel of held-out images from its surroundings (fixed windows); PSNR "
+    "(dB) and SSIM against the original. The GAN has only seen normal images, so it should "
+    "repaint normal images better (higher values) than abnormal ones.",
+    "",
+    _markdown_table(_read_csv(os.path.join(report_dir, "table1.csv"))),
+    "",
+    "## Lesion localization",
+    "",
+    f"Scored on `{config.localize.report.split}` where lesion masks exist. Pointing game: the "
+    "map's maximum lies on the lesion; pixel AUROC: lesion pixels against the rest (0.5 is "
+    "chance). ALENN's difference map should beat the random and centre-prior references, and stay "
+    "low on normal images.",
+    "",
+    _markdown_table(_read_csv(os.path.join(report_dir, "localization.csv"))),
+    "",
+    "## Figure 3: difference and LE maps",
+    "",
+    "Each row: the image, the difference map D, the LE map, and the LE map over the image (true "
+    "lesion outlined where known). Abnormal images should light up on the lesion, normal ones "
+    "stay dark.",
+    "",
+    "![Figure 3, abnormal](fig3_abnormal.png)",
+    "",
+    "![Figure 3, normal](fig3_normal.png)",
+    "",
+    "## Table 2: classification with and without LE",
+    "",
+    f"Image-level scores on `{config.test_split}` at threshold "
+    f"{config.stage2[config.backbones[0]].threshold:g} on P(abnormal). Compare each backbone's "
+    "row without LE against its row with LE.",
+    "",
+    _markdown_table(_read_csv(os.path.join(report_dir, "table2.csv"))),
+    "",
+  ]
+  study = _read_csv(os.path.join(report_dir, "table2_study.csv"))
+  if study:
+    lines += [
+      "Study-level (mean probability over a study's images, the MURA protocol):",
+      "",
+      _markdown_table(study),
+      "",
+    ]
+  lines += [
+    "## Figure 4: ROC curves",
+    "",
+    "One panel per backbone, with and without LE; the AUC is in the legend. A curve nearer the top "
+    "left is better; the diagonal is chance.",
+    "",
+    "![Figure 4](fig4_roc.png)",
+    "",
+  ]
+  path = os.path.join(report_dir, "report.md")
+  image_io.write_text(path, "\n".join(lines))
+  return path

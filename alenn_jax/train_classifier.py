@@ -34,7 +34,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from alenn_jax import fusion, image_io, input_pipeline, metrics, models, sharding
+from alenn_jax import fusion, image_io, input_pipeline, metrics, models, progress, sharding
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import layers
 
@@ -409,6 +409,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   total = config.num_train_steps
   stop = total if config.stop_at_step < 0 else min(config.stop_at_step, total)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+  progress_line = progress.Progress(
+    f"classifier {config.backbone}/{config.fusion}", total, config.data.batch_size
+  )
   for step in range(start, stop):
     batch = next(train_iter)
     numeric = {k: batch[k] for k in keys}
@@ -416,6 +419,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     step_metrics = jax.device_get(step_metrics)
     _check_finite(step_metrics, step, latest)
     report(step + 1)
+    progress_line.update(step + 1)
     if (step + 1) % config.log_every == 0 or step + 1 == stop:
       writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
     if (step + 1) % config.eval_every == 0 or step + 1 == stop:

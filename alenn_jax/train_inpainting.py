@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from alenn_jax import image_io, input_pipeline, losses, metrics, rtv, sharding
+from alenn_jax import image_io, input_pipeline, losses, metrics, progress, rtv, sharding
 from alenn_jax import masks as masks_lib
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting
@@ -400,6 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       donate_argnums=(0,),
     )
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  progress_line = progress.Progress("stage 1", total_steps, config.data.batch_size)
   grid_batch = None
   stop = total_steps if config.stop_at_step < 0 else min(config.stop_at_step, total_steps)
   for step in range(start, stop):
@@ -412,6 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     step_metrics = jax.device_get(step_metrics)
     _check_finite(step_metrics, step, manager)
     report(step + 1)
+    progress_line.update(step + 1)
     if (step + 1) % config.log_every == 0 or step + 1 == stop:
       writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
     if (step + 1) % config.eval_every == 0 or step + 1 == stop:

@@ -1,0 +1,208 @@
+"""The whole method in one command: stage 1 -> LE maps -> classifiers with and without LE -> report.
+
+  python launch.py --config=configs/pipeline.py --workdir=W
+
+Every stage has its own folder in W and is skipped when its `done.json` is there; an interrupted
+stage resumes from its own checkpoints. So re-running the command after a crash continues where it
+stopped, and re-running it after success recomputes nothing.
+
+  W/stage1/                     stage 1 (train_inpainting): checkpoints, report/table1.csv
+  W/localize/                   stage 2a (localize): le_maps/, report/fig3_*.png, localization.csv
+  W/classifiers/<bb>_<fusion>/  stage 2b (train_classifier), one per backbone and fusion
+  W/report/                     report.md with every table and figure, and their source files
+  W/config.json                 the configuration of the run
+"""
+
+import json
+import os
+import shutil
+import time
+
+import jax
+import ml_collections
+from absl import logging
+
+from alenn_jax import input_pipeline, localize, report, train_classifier, train_inpainting
+from alenn_jax.errors import UserInputError
+from alenn_jax.progress import format_seconds
+
+# Fields of config.data that every stage shares (image_size is shared by stage 1 and stage 2a;
+# each classifier has its own, 224 or 299 px in the full configs).
+SHARED_DATA_FIELDS = ("name", "data_dir", "manual_dir", "train_split", "eval_split", "seed")
+
+
+def _done_path(directory: str) -> str:
+  return os.path.join(directory, "done.json")
+
+
+def read_done(directory: str) -> dict | None:
+  path = _done_path(directory)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, value) -> None:
+  from alenn_jax import image_io
+
+  image_io.write_text(path, json.dumps(value, indent=2, sort_keys=True))
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Each stage's config with the shared data fields, the splits the dataset has, and the
+  stage-to-stage paths filled in (the pipeline config itself is not changed)."""
+  config = config.copy_and_resolve_references()
+  data = config.data
+  splits = input_pipeline.split_names(data)  # Builds the dataset on first use.
+  if data.eval_split not in splits:
+    alternatives = [s for s in ("validation", "valid") if s in splits]
+    if not alternatives:
+      raise UserInputError(
+        f"config.data.eval_split={data.eval_split!r}: {data.name} has splits {splits}; set it to "
+        "the split used to select checkpoints."
+      )
+    logging.info("%s has no split %r; using %r", data.name, data.eval_split, alternatives[0])
+    data.eval_split = alternatives[0]
+  test_split = config.test_split or ("test" if "test" in splits else data.eval_split)
+  if test_split not in splits:
+    raise UserInputError(f"config.test_split={test_split!r}: {data.name} has splits {splits}.")
+  config.test_split = test_split
+
+  def share(target, image_size=True):
+    for field in SHARED_DATA_FIELDS:
+      target[field] = data[field]
+    if image_size:
+      target.image_size = data.image_size
+
+  share(config.stage1.data)
+  share(config.localize.data)
+  config.localize.stage1 = config.stage1
+  config.localize.report.split = test_split
+  for backbone in config.backbones:
+    if backbone not in config.stage2:
+      raise UserInputError(
+        f"config.backbones lists {backbone!r}, which has no config.stage2.{backbone}; use some of "
+        f"{', '.join(config.stage2)}."
+      )
+    share(config.stage2[backbone].data, image_size=config.classifier_image_size_from_data)
+    config.stage2[backbone].eval.split = test_split
+  return config
+
+
+def _record_config(config, workdir: str) -> None:
+  """Writes W/config.json on the first run; later runs say when their config differs."""
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json_best_effort())
+  if not os.path.exists(path):
+    _write_json(path, current)
+    return
+  with open(path) as f:
+    previous = json.load(f)
+  if previous != current:
+    logging.warning(
+      "%s was written by a run with another configuration; finished stages are reused as they "
+      "are. Use a new workdir to rerun everything with this one.",
+      path,
+    )
+
+
+def classifier_dir(workdir: str, backbone: str, fusion_mode: str) -> str:
+  return os.path.join(workdir, "classifiers", f"{backbone}_{fusion_mode}")
+
+
+def stages(config, workdir: str) -> list[tuple[str, str, callable]]:
+  """(name, directory, function) of every stage, in order."""
+  stage1_dir = os.path.join(workdir, "stage1")
+  localize_dir = os.path.join(workdir, "localize")
+  out = [
+    ("stage 1: inpainting GAN", stage1_dir, lambda: _train_stage1(config, stage1_dir)),
+  ]
+  loc = config.localize
+  loc.init_from = stage1_dir
+  out.append(("stage 2a: LE maps", localize_dir, lambda: localize.run(loc, localize_dir)))
+  for backbone in config.backbones:
+    for fusion_mode in config.fusions:
+      c = config.stage2[backbone].copy_and_resolve_references()
+      c.fusion = fusion_mode
+      c.le_workdir = localize_dir
+      directory = classifier_dir(workdir, backbone, fusion_mode)
+      out.append(
+        (
+          f"stage 2b: {backbone}, fusion {fusion_mode}",
+          directory,
+          lambda c=c, d=directory: train_classifier.train_and_evaluate(c, d),
+        )
+      )
+  return out
+
+
+def _train_stage1(config, directory: str) -> None:
+  c = config.stage1
+  if c.stop_at_step >= 0:
+    raise UserInputError("config.stage1.stop_at_step must stay -1 inside the pipeline.")
+  train_inpainting.train_and_evaluate(c, directory)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs every stage that is not done yet, then writes W/report/report.md."""
+  if jax.process_count() > 1:
+    raise UserInputError("the pipeline runs on one host; run its stages one by one on a pod.")
+  for fusion_mode in config.fusions:
+    if fusion_mode not in ("none", "enhance", "channels"):
+      raise UserInputError(f"config.fusions: {fusion_mode!r} is not none, enhance or channels.")
+  t_start = time.perf_counter()
+  resolved = resolve(config)
+  _record_config(config, workdir)
+  plan = stages(resolved, workdir)
+  timings = {}
+  for index, (name, directory, fn) in enumerate(plan):
+    done = read_done(directory)
+    if done is not None:
+      logging.info("pipeline [%d/%d] %s: already done, skipped", index + 1, len(plan), name)
+      timings[name] = done
+      continue
+    logging.info("pipeline [%d/%d] %s: starting in %s", index + 1, len(plan), name, directory)
+    t0 = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t0
+    timings[name] = {"wall_s": wall, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    _write_json(_done_path(directory), timings[name])
+    elapsed = time.perf_counter() - t_start
+    logging.info(
+      "pipeline [%d/%d] %s: done in %s (pipeline elapsed %s)",
+      index + 1,
+      len(plan),
+      name,
+      format_seconds(wall),
+      format_seconds(elapsed),
+    )
+  report_dir = os.path.join(workdir, "report")
+  report_done = read_done(report_dir)
+  if report_done is None:
+    _collect_report(resolved, workdir, report_dir)
+    path = report.write_report_md(resolved, workdir, report_dir, plan, timings)
+    _write_json(_done_path(report_dir), {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    logging.info("pipeline: wrote %s", path)
+  else:
+    logging.info("pipeline: report already written, skipped")
+  logging.info("pipeline: finished in %s", format_seconds(time.perf_counter() - t_start))
+  return {"timings": timings, "report": os.path.join(report_dir, "report.md")}
+
+
+def _collect_report(config, workdir: str, report_dir: str) -> None:
+  """Copies the stages' tables and figures into W/report and writes Table 2 and Figure 4."""
+  os.makedirs(report_dir, exist_ok=True)
+  sources = {
+    os.path.join(workdir, "stage1", "report", "table1.csv"): "table1.csv",
+    os.path.join(workdir, "localize", "report", "localization.csv"): "localization.csv",
+    os.path.join(workdir, "localize", "report", "fig3_normal.png"): "fig3_normal.png",
+    os.path.join(workdir, "localize", "report", "fig3_abnormal.png"): "fig3_abnormal.png",
+  }
+  for src, name in sources.items():
+    if os.path.exists(src):
+      tmp = os.path.join(report_dir, f".{name}.tmp")
+      shutil.copyfile(src, tmp)
+      os.replace(tmp, os.path.join(report_dir, name))
+  runs = [classifier_dir(workdir, b, f) for b in config.backbones for f in config.fusions]
+  report.table2(runs, report_dir, config.test_split)

@@ -1,0 +1,52 @@
+"""The whole method in one command: stage 1, LE maps, every classifier with and without LE, report.
+
+  python launch.py --config=configs/pipeline.py --workdir=W          # phantoms, about 15 min on CPU
+  python launch.py --config=configs/pipeline.py:smoke --workdir=W    # tests: a few minutes
+  python launch.py --config=configs/pipeline.py --workdir=W \\
+      --config.data.name=fracatlas/hand --config.data.manual_dir=../shared/data/fracatlas
+  python launch.py --config=configs/pipeline.py:full --workdir=W \\
+      --config.data.manual_dir=/data/mura                            # MURA elbow, accelerators
+
+`config.data` is shared by every stage (name, folders, splits; image_size for stage 1 and the LE
+maps). Each stage's own fields stay reachable: --config.stage1.phase1_steps=...,
+--config.localize.stride=..., --config.stage2.resnet50.num_train_steps=....
+"""
+
+import ml_collections
+
+from alenn_jax import input_pipeline
+from configs import localize, stage1, stage2
+
+BACKBONES = ("vgg19", "resnet50", "densenet121", "inception_v3")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  size = arg or "small"
+  if size not in ("smoke", "small", "full"):
+    raise ValueError(f"configs/pipeline.py: unknown argument {arg!r}; use smoke, small or full.")
+  config = ml_collections.ConfigDict()
+  config.trainer = "pipeline"
+  config.data = input_pipeline.data_config()
+  config.test_split = ""  # Where Table 2, Figure 3/4 are scored ("": test if the data has one).
+  config.backbones = BACKBONES
+  config.fusions = ("none", "enhance")  # Table 2 compares the first (baseline) with the others.
+  config.classifier_image_size_from_data = size != "full"  # Else each classifier's own size.
+  config.stage1 = stage1.get_config(size)
+  config.localize = localize.get_config(size)
+  config.stage2 = ml_collections.ConfigDict(
+    {b: stage2.get_config(f"{size},backbone={b}") for b in BACKBONES}
+  )
+  config.data.name = config.stage1.data.name
+  config.data.image_size = config.stage1.data.image_size
+  config.data.eval_split = config.stage1.data.eval_split
+  if size == "small":
+    # Sized so the whole pipeline takes about 15 minutes on a 2-core CPU.
+    config.stage1.phase1_steps = 200
+    config.stage1.phase2_steps = 300
+    config.stage1.eval_every = 250
+    config.stage1.checkpoint_every = 100
+    config.localize.stride = config.localize.window
+    for b in BACKBONES:
+      config.stage2[b].num_train_steps = 150
+      config.stage2[b].eval_every = 50
+  return config
