@@ -1,0 +1,75 @@
+"""Stopping cleanly when a job is preempted: SIGTERM (schedulers, TPU maintenance) or SIGINT
+(Ctrl-C) during training saves a checkpoint at the current step, waits for it to be written, and
+ends the run with `Preempted`; the next launch resumes from that checkpoint.
+
+On several hosts the processes must agree on the step at which to stop; there JAX's own preemption
+sync point is used (`jax.distributed.initialize()` installs its SIGTERM notifier), on one host a
+signal handler sets a flag that the training loop reads once per step.
+"""
+
+import contextlib
+import signal
+
+import jax
+from absl import logging
+
+
+class Preempted(Exception):
+  """Training stopped on a signal after saving a checkpoint at `step`."""
+
+  def __init__(self, step: int, signum: int):
+    self.step = step
+    self.signum = signum
+    name = signal.Signals(signum).name
+    super().__init__(
+      f"stopped by {name} at step {step}; the checkpoint of step {step} is saved. Run the same "
+      "command again to resume."
+    )
+
+
+class _Watcher:
+  def __init__(self):
+    self.signum = None
+
+  def __call__(self, step: int) -> bool:
+    """Whether to stop after `step` (called once per step by every process)."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.signum = self.signum or signal.SIGTERM
+          return True
+      except RuntimeError:  # The preemption service is not running (no distributed init).
+        pass
+    return self.signum is not None
+
+
+@contextlib.contextmanager
+def watch():
+  """Yields `should_stop(step)`; SIGTERM and SIGINT set it instead of killing the process.
+
+  A second signal of the same kind while the checkpoint is being written is ignored; the handlers
+  in place before are restored on exit.
+  """
+  watcher = _Watcher()
+
+  def handler(signum, frame):
+    del frame
+    if watcher.signum is None:
+      logging.warning(
+        "received %s: saving a checkpoint, then stopping", signal.Signals(signum).name
+      )
+      watcher.signum = signum
+
+  previous = {}
+  try:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      previous[signum] = signal.signal(signum, handler)
+  except ValueError:  # Not the main thread: signals cannot be caught here.
+    previous = {}
+  try:
+    yield watcher
+  finally:
+    for signum, old in previous.items():
+      signal.signal(signum, old)
