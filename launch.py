@@ -29,6 +29,13 @@ _MULTIHOST = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietCheckpointLogs(logging.logging.Filter):
+  """Drops orbax's per-save INFO lines (dozens per checkpoint) unless --verbosity >= 1."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging.logging.WARNING or "/orbax/" not in record.pathname
+
+
 def _trainers():
   """config.trainer -> {mode: function(config, workdir)}; the first mode is the default."""
   from alenn_jax import localize, pipeline, rtv_demo, train_classifier, train_inpainting
@@ -46,6 +53,20 @@ def _trainers():
     "rtv_demo": {"run": rtv_demo.run},
     "pipeline": {"run": pipeline.run},
   }
+
+
+def _check_writable(workdir: str) -> None:
+  """Creates `workdir` if needed; a UserInputError when it cannot be written."""
+  probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserInputError(
+      f"--workdir={workdir} is not a writable directory ({e.strerror or e}); choose another."
+    ) from None
 
 
 def main(argv):
@@ -68,6 +89,8 @@ def main(argv):
 
   import jax
 
+  if logging.get_verbosity() < 1:
+    logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
   if _MULTIHOST.value:
     jax.distributed.initialize()
   logging.info(
@@ -79,16 +102,44 @@ def main(argv):
     jax.devices()[0].platform,
   )
   workdir = os.path.abspath(_WORKDIR.value)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
   logging.info("trainer=%s mode=%s workdir=%s\n%s", trainer, mode, workdir, config)
+  from alenn_jax.preemption import Preempted
+
   try:
+    if jax.process_index() == 0:
+      _check_writable(workdir)
     modes[mode](config, workdir)
   except UserInputError as e:
+    if logging.get_verbosity() >= 1:
+      logging.exception("user input error")
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except Preempted as e:
+    logging.warning("%s", e)
+    print(f"preempted: {e}", file=sys.stderr)
+    sys.exit(128 + e.signum)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a misspelt or mistyped `--config.` override reported on one line
+  (exit status 2) instead of a traceback; `--verbosity=1` keeps the traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    if any(a.startswith(("--verbosity=1", "--verbosity=2", "-v=1", "-v=2")) for a in argv):
+      raise
+    message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    print(
+      f"error: cannot apply the config overrides {', '.join(overrides)}: {message}",
+      file=sys.stderr,
+    )
     sys.exit(2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

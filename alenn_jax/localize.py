@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alenn_jax import image_io, input_pipeline, sharding
+from alenn_jax import checkpointing, image_io, input_pipeline, sharding
 from alenn_jax import masks as masks_lib
 from alenn_jax import train_inpainting as ti
 from alenn_jax.errors import UserInputError
@@ -223,6 +223,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise UserInputError("the localize job runs on one host; start it without --multihost.")
   from alenn_jax import report
 
+  checkpointing.check_config(
+    config,
+    workdir,
+    ("window", "stride", "data.name", "data.image_size", "stage1.model."),
+    ("le_maps",),
+  )
   mesh = sharding.make_mesh()
   stage1_config = config.stage1
   static = ti.Static.from_config(stage1_config)

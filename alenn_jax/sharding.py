@@ -26,10 +26,13 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_divisible(global_batch_size: int, mesh: Mesh, field: str = "batch_size") -> None:
-  """Raises a ValueError naming `field` when the batch cannot be split evenly over the devices."""
+  """Raises a UserInputError naming `field` when the batch cannot be split evenly over the
+  devices."""
+  from alenn_jax.errors import UserInputError
+
   n = mesh.devices.size
   if global_batch_size % n:
-    raise ValueError(
+    raise UserInputError(
       f"{field}={global_batch_size} is not divisible by the {n} devices of the mesh; "
       f"use a multiple of {n}."
     )

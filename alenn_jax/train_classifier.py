@@ -34,9 +34,22 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from alenn_jax import fusion, image_io, input_pipeline, metrics, models, progress, sharding
+from alenn_jax import (
+  checkpointing,
+  fusion,
+  image_io,
+  input_pipeline,
+  metrics,
+  models,
+  preemption,
+  progress,
+  sharding,
+)
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import layers
+
+# Fields whose change makes the checkpoints of a workdir unusable (checkpointing.check_config).
+SHAPE_FIELDS = ("backbone", "fusion", "model.", "data.image_size")
 
 
 @flax.struct.dataclass
@@ -85,15 +98,40 @@ class Static:
     )
 
 
+def check_input_size(model, config, image_size: int) -> None:
+  """A UserInputError when some layer of `model` would see an empty feature map at this size."""
+  x = jax.ShapeDtypeStruct(
+    (1, image_size, image_size, fusion.num_channels(config.fusion)), "float32"
+  )
+
+  def shapes(x):
+    return model.init_with_output(
+      jax.random.PRNGKey(0), x, train=False, capture_intermediates=True
+    )[1]["intermediates"]
+
+  empty = None
+  try:
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(jax.eval_shape(shapes, x)))
+    empty = next(("/".join(k[:-1]) for k, v in flat.items() for a in v if 0 in a.shape), None)
+  except (ValueError, TypeError) as e:
+    empty = str(e).splitlines()[0]
+  if empty is not None:
+    hint = " or set --config.model.small_input=True" if config.backbone == "inception_v3" else ""
+    raise UserInputError(
+      f"config.data.image_size={image_size} is too small for backbone {config.backbone!r} with "
+      f"these overrides (the feature map of {empty} is empty); use larger images{hint}."
+    )
+
+
 def create_train_state(
   config, static: Static, rng, image_size: int, load_pretrained: bool = True
 ) -> TrainState:
   """Fresh (or ImageNet-initialised, `config.model.pretrained`) parameters and optimizer state."""
   k_init, k_drop, k_rng = jax.random.split(rng, 3)
   x = jnp.zeros((1, image_size, image_size, static.in_channels), jnp.float32)
-  variables = jax.jit(functools.partial(static.model.init, train=False))(
-    {"params": k_init, "dropout": k_drop}, x
-  )
+  check_input_size(static.model, config, image_size)
+  init = jax.jit(functools.partial(static.model.init, train=False))
+  variables = init({"params": k_init, "dropout": k_drop}, x)
   if config.model.pretrained and load_pretrained:
     variables = layers.load_torchvision(
       variables, config.model.pretrained, models.HEADS[config.backbone]
@@ -193,11 +231,13 @@ def class_weights(config) -> tuple[float, float]:
   labels = np.asarray(
     list(input_pipeline.split_labels(config.data, config.data.train_split).values())
   )
-  counts = [int(np.sum(labels == c)) for c in (0, 1)]
+  keep = tuple(config.data.labels)
+  counts = [int(np.sum(labels == c)) if c in keep else 0 for c in (0, 1)]
   if min(counts) == 0:
     raise UserInputError(
-      f"config.data.name={config.data.name!r}: the {config.data.train_split!r} split has "
-      f"{counts[0]} normal and {counts[1]} abnormal images; a classifier needs both."
+      f"config.data.name={config.data.name!r} with config.data.labels={keep}: the "
+      f"{config.data.train_split!r} split gives {counts[0]} normal and {counts[1]} abnormal "
+      "images; a classifier needs both (labels (0, 1) and data with both classes)."
     )
   if not config.class_balanced:
     return 1.0, 1.0
@@ -299,10 +339,6 @@ def _managers(workdir: str, config):
   return latest, best
 
 
-def _abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 def _best_so_far(best) -> tuple[int | None, float]:
   step = best.latest_step()
   if step is None:
@@ -314,7 +350,7 @@ def _best_so_far(best) -> tuple[int | None, float]:
 def restore_model(workdir: str, config, static, template: TrainState, step: int | None):
   """(params, batch_stats, step, stored validation metrics or None) of the best checkpoint
   (`step` None) or of checkpoint `step` (from best/ or checkpoints/)."""
-  model = _abstract({"params": template.params, "batch_stats": template.batch_stats})
+  model = checkpointing.abstract({"params": template.params, "batch_stats": template.batch_stats})
   best_dir = os.path.join(workdir, "best")
   latest_dir = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(best_dir) and not os.path.isdir(latest_dir):
@@ -338,19 +374,10 @@ def restore_model(workdir: str, config, static, template: TrainState, step: int 
         f"and the best, {best_step}."
       )
     restored = latest.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(template)))
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(checkpointing.abstract(template))),
     )
   return restored.state.params, restored.state.batch_stats, step, None
-
-
-def _check_finite(step_metrics: dict, step: int, manager) -> None:
-  bad = {k: float(v) for k, v in step_metrics.items() if not math.isfinite(float(v))}
-  if bad:
-    manager.wait_until_finished()
-    raise FloatingPointError(
-      f"non-finite loss at step {step}: {bad}. Stopped without saving; the last good checkpoint "
-      f"(step {manager.latest_step()}) is intact. Lower optimizer.learning_rate or check the data."
-    )
 
 
 def _flat_scores(prefix: str, scores: dict) -> dict[str, float]:
@@ -369,6 +396,7 @@ def _flat_scores(prefix: str, scores: dict) -> dict[str, float]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from `workdir`), keeps the best checkpoint by validation kappa, then scores
   it on `config.eval.split` and writes this run's outputs."""
+  checkpointing.check_config(config, workdir, SHAPE_FIELDS)
   mesh = sharding.make_mesh()
   static = Static.from_config(config, class_weights(config))
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -382,18 +410,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state = jax.device_put(state, replicated)
   train_iter = input_pipeline.train_iterator(config.data, mesh, le_maps=le_train)
   latest, best = _managers(workdir, config)
-  start = latest.latest_step()
-  if start is not None:
-    restored = latest.restore(
-      start,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state)), data=ocp.args.JsonRestore()
-      ),
-    )
-    state = restored.state
-    train_iter.set_state(restored.data)
-    logging.info("resumed from step %d", start)
-  else:
+  state, resumed = checkpointing.restore_latest(latest, state, train_iter)
+  if not resumed:
     parameter_overview.log_parameter_overview(state.params, msg=f"{config.backbone} parameters")
   start = int(jax.device_get(state.step))
   best_step, best_kappa = _best_so_far(best)
@@ -412,45 +430,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   progress_line = progress.Progress(
     f"classifier {config.backbone}/{config.fusion}", total, config.data.batch_size
   )
-  for step in range(start, stop):
-    batch = next(train_iter)
-    numeric = {k: batch[k] for k in keys}
-    state, step_metrics = step_fn(state, numeric, jax.random.fold_in(state.rng, step))
-    step_metrics = jax.device_get(step_metrics)
-    _check_finite(step_metrics, step, latest)
-    report(step + 1)
-    progress_line.update(step + 1)
-    if (step + 1) % config.log_every == 0 or step + 1 == stop:
-      writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
-    if (step + 1) % config.eval_every == 0 or step + 1 == stop:
-      preds = predict(
-        config, static, state.params, state.batch_stats, mesh, config.data.eval_split, le_val
-      )
-      scores = evaluate(config, preds)
-      writer.write_scalars(step + 1, _flat_scores("val", scores))
-      kappa = scores["image"]["kappa"]
-      logging.info(
-        "step %d: validation accuracy %.4f kappa %.4f auc %.4f",
-        step + 1,
-        scores["image"]["accuracy"],
-        kappa,
-        scores["image"]["auc"],
-      )
-      if kappa > best_kappa:
-        best_step, best_kappa = step + 1, kappa
-        best.save(
-          step + 1,
-          args=ocp.args.Composite(
-            model=ocp.args.StandardSave({"params": state.params, "batch_stats": state.batch_stats}),
-            metrics=ocp.args.JsonSave(_json_safe(scores)),
-          ),
-        )
+
+  def save_latest(step: int, state: TrainState) -> None:
+    if latest.latest_step() != step:
       latest.save(
-        step + 1,
+        step,
         args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(train_iter.get_state())
         ),
       )
+
+  with preemption.watch() as should_stop:
+    for step in range(start, stop):
+      batch = next(train_iter)
+      numeric = {k: batch[k] for k in keys}
+      state, step_metrics = step_fn(state, numeric, jax.random.fold_in(state.rng, step))
+      step_metrics = jax.device_get(step_metrics)
+      checkpointing.check_finite(step_metrics, step, latest)
+      report(step + 1)
+      progress_line.update(step + 1)
+      if (step + 1) % config.log_every == 0 or step + 1 == stop:
+        writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
+      if (step + 1) % config.eval_every == 0 or step + 1 == stop:
+        preds = predict(
+          config, static, state.params, state.batch_stats, mesh, config.data.eval_split, le_val
+        )
+        scores = evaluate(config, preds)
+        writer.write_scalars(step + 1, _flat_scores("val", scores))
+        kappa = scores["image"]["kappa"]
+        logging.info(
+          "step %d: validation accuracy %.4f kappa %.4f auc %.4f",
+          step + 1,
+          scores["image"]["accuracy"],
+          kappa,
+          scores["image"]["auc"],
+        )
+        if kappa > best_kappa:
+          best_step, best_kappa = step + 1, kappa
+          best.save(
+            step + 1,
+            args=ocp.args.Composite(
+              model=ocp.args.StandardSave(
+                {"params": state.params, "batch_stats": state.batch_stats}
+              ),
+              metrics=ocp.args.JsonSave(_json_safe(scores)),
+            ),
+          )
+        save_latest(step + 1, state)
+      if should_stop(step + 1):
+        save_latest(step + 1, state)
+        for manager in (latest, best):
+          manager.wait_until_finished()
+          manager.close()
+        writer.flush()
+        raise preemption.Preempted(step + 1, should_stop.signum)
   latest.wait_until_finished()
   best.wait_until_finished()
   latest.close()

@@ -16,7 +16,6 @@ spectral-norm states, the RNG and the input iterator's position. The checkpoint'
 import csv
 import dataclasses
 import functools
-import math
 import os
 from typing import Any
 
@@ -30,12 +29,24 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from alenn_jax import image_io, input_pipeline, losses, metrics, progress, rtv, sharding
+from alenn_jax import (
+  checkpointing,
+  image_io,
+  input_pipeline,
+  losses,
+  metrics,
+  preemption,
+  progress,
+  rtv,
+  sharding,
+)
 from alenn_jax import masks as masks_lib
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting
 
 NETS = ("gen_s", "disc_s", "gen_t", "disc_t")
+# Fields whose change makes the checkpoints of a workdir unusable (checkpointing.check_config).
+STAGE1_SHAPE_FIELDS = ("model.", "data.image_size")
 
 
 @flax.struct.dataclass
@@ -99,6 +110,13 @@ def structure_of(images: jax.Array, static: Static) -> jax.Array:
 
 def create_train_state(config, static: Static, rng, image_size: int) -> TrainState:
   """Fresh parameters and optimizer states for the four networks."""
+  factor = 2**config.model.depth
+  if image_size % factor:
+    nearest = max(factor, image_size // factor * factor)
+    raise UserInputError(
+      f"config.data.image_size={image_size} is not divisible by 2**config.model.depth = {factor} "
+      f"(the generators' stride); use a multiple of {factor}, e.g. {nearest}."
+    )
   k_gs, k_gt, k_ds, k_dt, k_rng = jax.random.split(rng, 5)
   image = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
   three = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
@@ -308,11 +326,9 @@ def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   )
 
 
-def _abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 def _save(manager, step: int, state: TrainState, data_state, force: bool = False) -> None:
+  if manager.latest_step() == step:
+    return
   generator = {"gen_s": state.gen_s.params, "gen_t": state.gen_t.params}
   manager.save(
     step,
@@ -331,7 +347,9 @@ def restore_generator(workdir: str, config, step: int | None = None):
   template = create_train_state(config, static, jax.random.PRNGKey(0), config.data.image_size)
   mesh = sharding.make_mesh()
   template = jax.device_put(template, sharding.replicated(mesh))
-  abstract = _abstract({"gen_s": template.gen_s.params, "gen_t": template.gen_t.params})
+  abstract = checkpointing.abstract(
+    {"gen_s": template.gen_s.params, "gen_t": template.gen_t.params}
+  )
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     raise UserInputError(f"no stage 1 checkpoints in {directory}; train stage 1 there first.")
@@ -345,18 +363,9 @@ def restore_generator(workdir: str, config, step: int | None = None):
   return restored.generator["gen_s"], restored.generator["gen_t"], step
 
 
-def _check_finite(step_metrics: dict, step: int, manager) -> None:
-  bad = {k: float(v) for k, v in step_metrics.items() if not math.isfinite(float(v))}
-  if bad:
-    manager.wait_until_finished()
-    raise FloatingPointError(
-      f"non-finite loss at step {step}: {bad}. Stopped without saving; the last good checkpoint "
-      f"(step {manager.latest_step()}) is intact. Lower optimizer.learning_rate or check the data."
-    )
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains both phases (resuming from `workdir` if it holds a checkpoint), then writes Table 1."""
+  checkpointing.check_config(config, workdir, STAGE1_SHAPE_FIELDS)
   mesh = sharding.make_mesh()
   static = Static.from_config(config)
   total_steps = config.phase1_steps + config.phase2_steps
@@ -369,18 +378,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state = jax.device_put(state, replicated)
   train_iter = input_pipeline.train_iterator(config.data, mesh)
   manager = _checkpoint_manager(workdir, config)
-  start = manager.latest_step()
-  if start is not None:
-    restored = manager.restore(
-      start,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(state)), data=ocp.args.JsonRestore()
-      ),
-    )
-    state = restored.state
-    train_iter.set_state(restored.data)
-    logging.info("resumed from step %d", start)
-  else:
+  state, resumed = checkpointing.restore_latest(manager, state, train_iter)
+  if not resumed:
     for name in NETS:
       parameter_overview.log_parameter_overview(
         getattr(state, name).params, msg=f"{name} parameters"
@@ -403,33 +402,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   progress_line = progress.Progress("stage 1", total_steps, config.data.batch_size)
   grid_batch = None
   stop = total_steps if config.stop_at_step < 0 else min(config.stop_at_step, total_steps)
-  for step in range(start, stop):
-    batch = next(train_iter)
-    numeric = {k: batch[k] for k in input_pipeline.NUMERIC_KEYS}
-    if grid_batch is None:
-      grid_batch = numeric
-    phase = 1 if step < config.phase1_steps else 2
-    state, step_metrics = steps[phase](state, numeric, jax.random.fold_in(state.rng, step))
-    step_metrics = jax.device_get(step_metrics)
-    _check_finite(step_metrics, step, manager)
-    report(step + 1)
-    progress_line.update(step + 1)
-    if (step + 1) % config.log_every == 0 or step + 1 == stop:
-      writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
-    if (step + 1) % config.eval_every == 0 or step + 1 == stop:
-      grid = image_grid(
-        static, state, grid_batch, jax.random.PRNGKey(config.seed + 1), config.grid_examples
+  with preemption.watch() as should_stop:
+    for step in range(start, stop):
+      batch = next(train_iter)
+      numeric = {k: batch[k] for k in input_pipeline.NUMERIC_KEYS}
+      if grid_batch is None:
+        grid_batch = numeric
+      phase = 1 if step < config.phase1_steps else 2
+      state, step_metrics = steps[phase](state, numeric, jax.random.fold_in(state.rng, step))
+      step_metrics = jax.device_get(step_metrics)
+      checkpointing.check_finite(step_metrics, step, manager)
+      report(step + 1)
+      progress_line.update(step + 1)
+      if (step + 1) % config.log_every == 0 or step + 1 == stop:
+        writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
+      if (step + 1) % config.eval_every == 0 or step + 1 == stop:
+        grid = image_grid(
+          static, state, grid_batch, jax.random.PRNGKey(config.seed + 1), config.grid_examples
+        )
+        writer.write_images(step + 1, {"train/grid": grid[None, :, :, None]})
+        if jax.process_index() == 0:
+          image_io.save_grey(grid, os.path.join(workdir, "images", f"grid_{step + 1:07d}.png"))
+      _save(
+        manager,
+        step + 1,
+        state,
+        train_iter.get_state(),
+        force=step + 1 in (config.phase1_steps, stop),
       )
-      writer.write_images(step + 1, {"train/grid": grid[None, :, :, None]})
-      if jax.process_index() == 0:
-        image_io.save_grey(grid, os.path.join(workdir, "images", f"grid_{step + 1:07d}.png"))
-    _save(
-      manager,
-      step + 1,
-      state,
-      train_iter.get_state(),
-      force=step + 1 in (config.phase1_steps, stop),
-    )
+      if should_stop(step + 1):
+        _save(manager, step + 1, state, train_iter.get_state(), force=True)
+        manager.wait_until_finished()
+        manager.close()
+        writer.flush()
+        raise preemption.Preempted(step + 1, should_stop.signum)
   manager.wait_until_finished()
   manager.close()
   writer.flush()

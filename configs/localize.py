@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.stride = config.window // 2  # Step between windows (the paper: d < w).
   config.chunk = 16  # Windows inpainted together; bounds memory.
   config.batches_per_shard = 8  # Resumption granularity.
+  config.force_restart = False  # Recompute (old le_maps moved aside) if window/data changed.
   config.percentile = 99.0  # LE scale: this percentile of D over the training normals.
   config.report = ml_collections.ConfigDict()
   config.report.split = config.data.eval_split  # Where Figure 3 and the scores come from.

@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.finetune_gen_s = False  # Phase 2 also trains gen_s (through L_I) instead of freezing it.
   config.phase1_steps = 2000  # Steps training gen_s/disc_s...
   config.phase2_steps = 2000  # ... then gen_t/disc_t.
+  config.force_restart = False  # Start over (old checkpoints moved aside) if shapes changed.
   config.stop_at_step = -1  # Stop (checkpointed) at this step, e.g. to fit a job's time limit.
   config.log_every = 50
   config.eval_every = 500  # Image grid every this many steps (Table 1 at the end).

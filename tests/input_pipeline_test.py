@@ -137,7 +137,9 @@ class PipelineTest(absltest.TestCase):
     np.testing.assert_array_equal(np.asarray(batch["valid_box"])[0], [0, 0, 48, 48])
 
   def test_bad_config_is_a_clear_error(self):
-    with self.assertRaisesRegex(ValueError, "config.data.batch_size=12 is not divisible by the 8"):
+    with self.assertRaisesRegex(
+      UserInputError, "config.data.batch_size=12 is not divisible by the 8"
+    ):
       input_pipeline.train_iterator(self.config(batch_size=12), self.mesh)
     with self.assertRaisesRegex(UserInputError, "no split 'valid'"):
       input_pipeline.eval_iterator(self.config(), self.mesh, "valid")

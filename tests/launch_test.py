@@ -41,7 +41,9 @@ class LaunchTest(absltest.TestCase):
     )
     self.assertNotEqual(result.returncode, 0)
     self.assertIn("config.trainer='nope'", result.stderr)
-    self.assertIn("valid trainers: inpainting, localize, rtv_demo.", result.stderr)
+    self.assertIn(
+      "valid trainers: classifier, inpainting, localize, pipeline, rtv_demo.", result.stderr
+    )
 
   def test_unknown_mode_lists_valid_ones(self):
     result = launch("--config=configs/rtv_demo.py:smoke", "--workdir=/tmp/unused", "--mode=fly")
@@ -66,6 +68,27 @@ class LaunchTest(absltest.TestCase):
     )
     self.assertEqual(result.returncode, 2)
     self.assertIn(f"error: config.images: cannot read image '{missing}'", result.stderr)
+    self.assertNotIn("Traceback", result.stderr)
+
+  def test_stage2_config_argument_errors_name_the_token(self):
+    result = launch("--config=configs/stage2.py:smoke,backbone=alexnet", "--workdir=/tmp/unused")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn(
+      "backbone='alexnet'; use one of vgg19, resnet50, densenet121, inception_v3", result.stderr
+    )
+
+  def test_missing_pretrained_file_is_one_line(self):
+    workdir = self.create_tempdir().full_path
+    result = launch(
+      "--config=configs/stage2.py:smoke,backbone=resnet50",
+      f"--workdir={workdir}",
+      f"--config.data.data_dir={workdir}/data",
+      "--config.model.pretrained=/nonexistent/w.npz",
+    )
+    self.assertEqual(result.returncode, 2)
+    self.assertIn(
+      "error: config.model.pretrained='/nonexistent/w.npz': no such file", result.stderr
+    )
     self.assertNotIn("Traceback", result.stderr)
 
 

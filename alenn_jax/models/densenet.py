@@ -75,6 +75,6 @@ class DenseNet(nn.Module):
         features //= 2
         x = Transition(features, name=f"features.transition{k + 1}", **kw)(x, train)
     x = nn.relu(layers.batch_norm(train, name="features.norm5", **kw)(x))
-    x = x.mean(axis=(1, 2))
+    x = layers.global_avg_pool(x)
     x = layers.dense(self.num_classes, name="classifier", **kw)(x)
     return x.astype(jnp.float32)

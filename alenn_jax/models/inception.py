@@ -149,7 +149,7 @@ class InceptionAux(_Block):
     x = layers.avg_pool(x, 5, 3, 2 if self.small_input else 0)
     x = self.c("conv0", 128, 1)(x, train)
     x = self.c("conv1", 768, 5)(x, train)
-    x = x.mean(axis=(1, 2))
+    x = layers.global_avg_pool(x)
     return layers.dense(self.num_classes, name="fc", dtype=self.dtype)(x)
 
 
@@ -192,7 +192,7 @@ class InceptionV3(nn.Module):
     x = InceptionD(**block, name="Mixed_7a")(x, train)
     x = InceptionE(**block, name="Mixed_7b")(x, train)
     x = InceptionE(**block, name="Mixed_7c")(x, train)
-    x = x.mean(axis=(1, 2))
+    x = layers.global_avg_pool(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = layers.dense(self.num_classes, name="fc", dtype=self.dtype)(x)
     if aux is not None and train:

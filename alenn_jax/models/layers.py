@@ -69,6 +69,7 @@ def avg_pool(x, window, stride, padding=0):
 def adaptive_avg_pool(x, out_h: int, out_w: int):
   """torch's AdaptiveAvgPool2d: bin i covers [floor(i*H/out), ceil((i+1)*H/out))."""
   _, h, w, _ = x.shape
+  _check_not_empty(x)
 
   def bins(n, out):
     return [(math.floor(i * n / out), math.ceil((i + 1) * n / out)) for i in range(out)]
@@ -77,6 +78,17 @@ def adaptive_avg_pool(x, out_h: int, out_w: int):
   x = jnp.stack(rows, axis=1)  # [B, out_h, W, C]
   cols = [x[:, :, a:b].mean(axis=2) for a, b in bins(w, out_w)]
   return jnp.stack(cols, axis=2)  # [B, out_h, out_w, C]
+
+
+def global_avg_pool(x):
+  """`[B, H, W, C]` -> `[B, C]`."""
+  _check_not_empty(x)
+  return x.mean(axis=(1, 2))
+
+
+def _check_not_empty(x) -> None:
+  if 0 in x.shape[1:3]:
+    raise ValueError(f"the feature map before pooling is empty ({x.shape}): input too small.")
 
 
 def flatten_chw(x):

@@ -59,6 +59,6 @@ class ResNet(nn.Module):
           name=f"layer{k + 1}.{i}",
         )(x, train)
         in_features = planes * 4
-    x = x.mean(axis=(1, 2))
+    x = layers.global_avg_pool(x)
     x = layers.dense(self.num_classes, name="fc", dtype=self.dtype)(x)
     return x.astype(jnp.float32)
