@@ -1,11 +1,11 @@
-# Two entry points (see README.md): `make demo` runs the main job on the built-in phantoms,
+# Two entry points (see README.md): `make demo` runs the whole pipeline on the built-in phantoms,
 # `make test` runs the test suite. Both create .venv and install requirements.txt first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdir/demo
 
-.PHONY: demo stage1 test lint bench clean
+.PHONY: demo rtv_demo stage1 test lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/activate
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/python launch.py --config=configs/rtv_demo.py --workdir=$(WORKDIR) --alsologtostderr
+	$(BIN)/python launch.py --config=configs/pipeline.py --workdir=$(WORKDIR) --alsologtostderr
+
+rtv_demo: $(VENV)/.installed
+	$(BIN)/python launch.py --config=configs/rtv_demo.py --workdir=workdir/rtv --alsologtostderr
 
 stage1: $(VENV)/.installed
 	$(BIN)/python launch.py --config=configs/stage1.py:small --workdir=workdir/stage1 --alsologtostderr

@@ -47,6 +47,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stage1.checkpoint_every = 100
     config.localize.stride = config.localize.window
     for b in BACKBONES:
-      config.stage2[b].num_train_steps = 150
-      config.stage2[b].eval_every = 50
+      config.stage2[b].num_train_steps = 300
   return config
