@@ -26,6 +26,17 @@ _MODE = flags.DEFINE_string(
 _MULTIHOST = flags.DEFINE_bool(
   "multihost", False, "Call jax.distributed.initialize() first (TPU pods, GPU clusters)."
 )
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "With --multihost on clusters JAX does not detect: host:port of process 0's coordinator.",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "With --multihost: the number of processes (default: detected)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "With --multihost: this process's index (default: detected)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -92,7 +103,14 @@ def main(argv):
   if logging.get_verbosity() < 1:
     logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
   if _MULTIHOST.value:
-    jax.distributed.initialize()
+    # Detected on TPU pods, SLURM and Open MPI; the three flags cover other clusters.
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
+  elif _COORDINATOR.value or _NUM_PROCESSES.value or _PROCESS_ID.value is not None:
+    raise app.UsageError("--coordinator_address/--num_processes/--process_id need --multihost.")
   logging.info(
     "JAX process %d/%d, %d local / %d global devices (%s)",
     jax.process_index(),

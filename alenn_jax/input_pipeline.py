@@ -10,7 +10,8 @@ Conventions, stated once for the whole project. A batch is a dict:
   weight       float32 [B], 1 for real examples, 0 for the padding of the last evaluation batch
   le           float32 [B, S, S, 1] in [0, 1], the example's LE map (stage 2, only when the
                iterator is given `le_maps`), letterboxed and augmented exactly as the image
-  id           numpy str [B_local], this process's ids (host-side only, never on device)
+  id           numpy str, host-side only: in training this process's ids [B_local]; in evaluation
+               the ids of the whole global batch [B] (the same on every process)
 
 Images are letterboxed: resized with the aspect kept so the longest side is S, then centred on a
 black S x S square. `batch_size` is global (all processes, all devices) and must be divisible by
@@ -175,6 +176,26 @@ class _Subset:
     return _PADDING if index < 0 else self._source[index]
 
 
+class _ProcessBlocks(grain.MapDataset):
+  """This process's contiguous block of every global batch of `parent`: element j is parent's
+  element (j // local) * local * processes + process * local + j % local. So the global batch a
+  step sees (and each example's augmentation, seeded by its index in `parent`) is the same
+  whatever the number of processes."""
+
+  def __init__(self, parent, process: int, processes: int, local: int):
+    super().__init__(parent)
+    self._process, self._processes, self._local = process, processes, local
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._processes
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    block, offset = divmod(index, self._local)
+    return self._parent[(block * self._processes + self._process) * self._local + offset]
+
+
 def _prepared_builder(config: ml_collections.ConfigDict, split: str):
   """The dataset's builder, built first if needed; the split must exist."""
   data_dir = _expand(config.data_dir)
@@ -214,16 +235,18 @@ def _open_split(config: ml_collections.ConfigDict, split: str):
   return builder.as_data_source(split), labels
 
 
+def _id_of(example) -> str:
+  example_id = example["id"]
+  return example_id.decode() if isinstance(example_id, bytes) else str(example_id)
+
+
 def split_labels(config: ml_collections.ConfigDict, split: str) -> dict[str, int]:
   """id -> label of every example of `split`, read without decoding images."""
   raw = _undecoded(_prepared_builder(config, split), split)
   out = {}
   for i in range(len(raw)):
     example = raw[i]
-    example_id = example["id"]
-    out[example_id.decode() if isinstance(example_id, bytes) else str(example_id)] = int(
-      example["label"]
-    )
+    out[_id_of(example)] = int(example["label"])
   return out
 
 
@@ -252,10 +275,12 @@ def _stack(examples) -> dict:
 class GlobalBatches:
   """Iterates host batches as global arrays; `id` stays a host-local numpy array."""
 
-  def __init__(self, iterator, mesh, num_batches: int | None = None):
+  def __init__(self, iterator, mesh, num_batches: int | None = None, global_ids=None):
     self._iterator = iterator
     self._mesh = mesh
     self.num_batches = num_batches  # None: infinite.
+    self._global_ids = global_ids  # [num_batches, B] on several processes (evaluation), or None.
+    self._count = 0
 
   def __iter__(self):
     return self
@@ -263,7 +288,8 @@ class GlobalBatches:
   def __next__(self) -> dict:
     host = next(self._iterator)
     batch = sharding.to_global({k: host[k] for k in numeric_keys(host)}, self._mesh)
-    batch["id"] = host["id"]
+    batch["id"] = host["id"] if self._global_ids is None else self._global_ids[self._count]
+    self._count += 1
     return batch
 
   def get_state(self):
@@ -292,8 +318,10 @@ def train_iterator(
   dataset = (
     grain.MapDataset.source(_Subset(source, indices)).seed(config.seed).shuffle().repeat(None)
   )
-  dataset = dataset[jax.process_index() :: jax.process_count()]
-  dataset = dataset.random_map(preprocess).batch(local_batch, drop_remainder=True, batch_fn=_stack)
+  dataset = dataset.random_map(preprocess)
+  if jax.process_count() > 1:
+    dataset = _ProcessBlocks(dataset, jax.process_index(), jax.process_count(), local_batch)
+  dataset = dataset.batch(local_batch, drop_remainder=True, batch_fn=_stack)
   read = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=2 * local_batch)
   return GlobalBatches(iter(dataset.to_iter_dataset(read)), mesh)
 
@@ -312,7 +340,9 @@ def eval_iterator(
   num_batches = math.ceil(len(indices) / config.batch_size)
   padded = np.full(num_batches * config.batch_size, -1, np.int64)
   padded[: len(indices)] = indices
-  local = padded[jax.process_index() :: jax.process_count()]
+  # This process's contiguous block of every global batch.
+  local = padded.reshape(num_batches, jax.process_count(), local_batch)[:, jax.process_index()]
+  local = local.ravel()
   preprocess = _Preprocess(config.image_size, None, le_maps)
   filler = preprocess(source[int(indices[0])])
   filler = {**filler, "weight": np.float32(0.0), "id": ""}
@@ -323,4 +353,9 @@ def eval_iterator(
   dataset = grain.MapDataset.source(_Subset(source, local)).map(prepare)
   dataset = dataset.batch(local_batch, drop_remainder=False, batch_fn=_stack)
   read = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=2 * local_batch)
-  return GlobalBatches(iter(dataset.to_iter_dataset(read)), mesh, num_batches)
+  global_ids = None
+  if jax.process_count() > 1:  # Every process gets the ids of the whole global batch.
+    raw = _undecoded(_prepared_builder(config, split), split)
+    names = [_id_of(raw[int(i)]) if i >= 0 else "" for i in padded]
+    global_ids = np.asarray(names).reshape(num_batches, config.batch_size)
+  return GlobalBatches(iter(dataset.to_iter_dataset(read)), mesh, num_batches, global_ids)

@@ -247,16 +247,23 @@ def class_weights(config) -> tuple[float, float]:
 
 def predict(config, static, params, batch_stats, mesh, split: str, le_maps) -> dict:
   """ids, labels and P(abnormal) of every example of `split` (all of it, or eval.max_batches)."""
-  step_fn = jax.jit(functools.partial(eval_step, static))
+
+  def scores(params, batch_stats, batch):
+    return eval_step(static, params, batch_stats, batch), batch["label"], batch["weight"]
+
+  # Outputs replicated, so every process reads the whole batch (several hosts).
+  step_fn = jax.jit(scores, out_shardings=sharding.replicated(mesh))
   iterator = input_pipeline.eval_iterator(config.data, mesh, split, labels=(0, 1), le_maps=le_maps)
   ids, labels, probs = [], [], []
   for i, batch in enumerate(iterator):
     if config.eval.max_batches and i >= config.eval.max_batches:
       break
     numeric = {k: batch[k] for k in input_pipeline.numeric_keys(batch)}
-    p = np.asarray(jax.device_get(step_fn(params, batch_stats, numeric)))
-    keep = np.asarray(jax.device_get(batch["weight"])) > 0
-    labels.append(np.asarray(jax.device_get(batch["label"]))[keep])
+    p, label, weight = (
+      np.asarray(a) for a in jax.device_get(step_fn(params, batch_stats, numeric))
+    )
+    keep = weight > 0
+    labels.append(label[keep])
     probs.append(p[keep])
     ids.extend(str(x) for x in np.asarray(batch["id"])[keep])
   return {"ids": ids, "labels": np.concatenate(labels), "probs": np.concatenate(probs)}

@@ -274,7 +274,8 @@ def evaluate(config, static: Static, state: TrainState, mesh) -> dict[str, dict[
   window_masks = jnp.asarray(
     masks_lib.window_masks(size, size, config.eval.window, config.eval.window)
   )
-  step_fn = jax.jit(functools.partial(eval_step, static))
+  # Per-image outputs replicated, so every process can read all of them (several hosts).
+  step_fn = jax.jit(functools.partial(eval_step, static), out_shardings=sharding.replicated(mesh))
   table = {}
   for label, name in ((0, "normal"), (1, "abnormal")):
     iterator = input_pipeline.eval_iterator(config.data, mesh, config.eval.split, labels=(label,))
@@ -304,7 +305,10 @@ def write_table1(table, workdir: str) -> str:
 
 def image_grid(static: Static, state: TrainState, batch: dict, rng, num: int) -> np.ndarray:
   """Rows of (input, mask, structure, S_hat, I_hat, composite) in [0, 1]: `[num*H, 6*W]`."""
-  images = batch["image"][:num]
+  images = batch["image"]
+  # The first `num` images, gathered onto every device (on several hosts no process holds all).
+  mesh = images.sharding.mesh if hasattr(images.sharding, "mesh") else sharding.make_mesh()
+  images = jax.jit(lambda x: x[:num], out_shardings=sharding.replicated(mesh))(images)
   b, h, w, _ = images.shape
   mask = masks_lib.sample_masks(rng, b, h, w, static.masks)
   structure = structure_of(images, static)
