@@ -2,22 +2,18 @@
 checkpoint is being written never replaces the last good one."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 
-import jax
-import numpy as np
 from absl.testing import absltest
 
-from alenn_jax import datasets
 from alenn_jax import train_inpainting as ti
 from configs import stage1
+from tests import helpers
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+REPO = helpers.REPO
 ENV = {
   **os.environ,
   "JAX_PLATFORMS": "cpu",
@@ -54,20 +50,10 @@ def steps_in(workdir: str) -> list[int]:
   return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
 
-def same_params(a, b) -> bool:
-  return all(
-    np.array_equal(np.asarray(x), np.asarray(y))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-  )
-
-
-class FaultToleranceTest(absltest.TestCase):
+class FaultToleranceTest(helpers.PhantomsTestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.data_dir = os.path.join(cls.tmp, "data")
-    datasets.build("phantoms/px64", cls.data_dir)
     cls.reference = os.path.join(cls.tmp, "reference")
     done = subprocess.run(
       [sys.executable, *stage1_args(cls.reference, cls.data_dir)],
@@ -78,11 +64,6 @@ class FaultToleranceTest(absltest.TestCase):
       check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.tmp, ignore_errors=True)
-    super().tearDownClass()
 
   def final_generator(self, workdir):
     return ti.restore_generator(workdir, smoke_config(self.data_dir))
@@ -124,8 +105,8 @@ class FaultToleranceTest(absltest.TestCase):
     gen_s, gen_t, step = self.final_generator(workdir)
     ref_s, ref_t, ref_step = self.final_generator(self.reference)
     self.assertEqual(step, ref_step)
-    self.assertTrue(same_params(gen_s, ref_s))
-    self.assertTrue(same_params(gen_t, ref_t))
+    self.assertTrue(helpers.leaves_equal(gen_s, ref_s))
+    self.assertTrue(helpers.leaves_equal(gen_t, ref_t))
 
   def test_kill_during_a_save_keeps_the_last_good_checkpoint(self):
     workdir = os.path.join(self.tmp, "killed")
@@ -166,8 +147,8 @@ class FaultToleranceTest(absltest.TestCase):
     gen_s, gen_t, step = self.final_generator(workdir)
     ref_s, ref_t, _ = self.final_generator(self.reference)
     self.assertEqual(step, STOP)
-    self.assertTrue(same_params(gen_s, ref_s))
-    self.assertTrue(same_params(gen_t, ref_t))
+    self.assertTrue(helpers.leaves_equal(gen_s, ref_s))
+    self.assertTrue(helpers.leaves_equal(gen_t, ref_t))
 
 
 if __name__ == "__main__":

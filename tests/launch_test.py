@@ -1,29 +1,18 @@
 """The entry point: dispatch, clear errors for bad trainers/modes, and the demo job end to end."""
 
 import os
-import subprocess
-import sys
 
 from absl.testing import absltest
 
+from tests import helpers
+
 REPO = os.path.join(os.path.dirname(__file__), "..")
-
-
-def launch(*args):
-  return subprocess.run(
-    [sys.executable, "launch.py", *args],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    check=False,
-  )
 
 
 class LaunchTest(absltest.TestCase):
   def test_rtv_demo_smoke_writes_structures_and_summary(self):
     workdir = self.create_tempdir().full_path
-    result = launch("--config=configs/rtv_demo.py:smoke", f"--workdir={workdir}")
+    result = helpers.launch("--config=configs/rtv_demo.py:smoke", f"--workdir={workdir}")
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     out = os.path.join(workdir, "rtv")
     self.assertTrue(os.path.exists(os.path.join(out, "structure_texture.png")))
@@ -34,7 +23,7 @@ class LaunchTest(absltest.TestCase):
     self.assertIn("CG iterations", summary)
 
   def test_unknown_trainer_lists_valid_ones(self):
-    result = launch(
+    result = helpers.launch(
       "--config=configs/rtv_demo.py:smoke",
       "--workdir=/tmp/unused",
       "--config.trainer=nope",
@@ -46,13 +35,15 @@ class LaunchTest(absltest.TestCase):
     )
 
   def test_unknown_mode_lists_valid_ones(self):
-    result = launch("--config=configs/rtv_demo.py:smoke", "--workdir=/tmp/unused", "--mode=fly")
+    result = helpers.launch(
+      "--config=configs/rtv_demo.py:smoke", "--workdir=/tmp/unused", "--mode=fly"
+    )
     self.assertNotEqual(result.returncode, 0)
     self.assertIn("--mode='fly'", result.stderr)
     self.assertIn("valid modes: run", result.stderr)
 
   def test_misspelt_config_field_fails(self):
-    result = launch(
+    result = helpers.launch(
       "--config=configs/rtv_demo.py:smoke", "--workdir=/tmp/unused", "--config.imgs=1"
     )
     self.assertNotEqual(result.returncode, 0)
@@ -61,7 +52,7 @@ class LaunchTest(absltest.TestCase):
   def test_unreadable_image_is_named(self):
     workdir = self.create_tempdir().full_path
     missing = os.path.join(workdir, "missing.png")
-    result = launch(
+    result = helpers.launch(
       "--config=configs/rtv_demo.py:smoke",
       f"--workdir={workdir}",
       f"--config.images=('{missing}',)",
@@ -71,7 +62,9 @@ class LaunchTest(absltest.TestCase):
     self.assertNotIn("Traceback", result.stderr)
 
   def test_stage2_config_argument_errors_name_the_token(self):
-    result = launch("--config=configs/stage2.py:smoke,backbone=alexnet", "--workdir=/tmp/unused")
+    result = helpers.launch(
+      "--config=configs/stage2.py:smoke,backbone=alexnet", "--workdir=/tmp/unused"
+    )
     self.assertNotEqual(result.returncode, 0)
     self.assertIn(
       "backbone='alexnet'; use one of vgg19, resnet50, densenet121, inception_v3", result.stderr
@@ -79,7 +72,7 @@ class LaunchTest(absltest.TestCase):
 
   def test_missing_pretrained_file_is_one_line(self):
     workdir = self.create_tempdir().full_path
-    result = launch(
+    result = helpers.launch(
       "--config=configs/stage2.py:smoke,backbone=resnet50",
       f"--workdir={workdir}",
       f"--config.data.data_dir={workdir}/data",

@@ -1,8 +1,6 @@
 """Sliding-window difference maps, LE maps, the localize job and the localization scores."""
 
 import os
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -10,11 +8,12 @@ import numpy as np
 from absl.testing import absltest, parameterized
 from sklearn import metrics as skm
 
-from alenn_jax import datasets, localize, report
+from alenn_jax import localize, report
 from alenn_jax import masks as masks_lib
 from alenn_jax import train_inpainting as ti
 from configs import localize as localize_config
 from configs import stage1
+from tests import helpers
 
 
 def loop_difference_map(params, images, structure, inpaint_fn, window, stride):
@@ -109,13 +108,10 @@ class ScoresTest(absltest.TestCase):
     self.assertEqual(row["normal_le_p99"], 0.0)
 
 
-class LocalizeJobTest(absltest.TestCase):
+class LocalizeJobTest(helpers.PhantomsTestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.data_dir = os.path.join(cls.tmp, "data")
-    datasets.build("phantoms/px64", cls.data_dir)
     cls.workdir = os.path.join(cls.tmp, "w")
     config = stage1.get_config("smoke")
     config.data.data_dir = cls.data_dir
@@ -123,11 +119,6 @@ class LocalizeJobTest(absltest.TestCase):
     config.phase2_steps = 1
     config.stop_at_step = 2  # A checkpoint is all the localize job needs; skip Table 1.
     ti.train_and_evaluate(config, cls.workdir)
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.tmp, ignore_errors=True)
-    super().tearDownClass()
 
   def config(self):
     config = localize_config.get_config("smoke")

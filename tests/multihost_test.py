@@ -4,21 +4,19 @@ in a single-process run."""
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 
 import jax
 import numpy as np
 from absl.testing import absltest
 
-from alenn_jax import datasets
 from alenn_jax import train_inpainting as ti
 from configs import stage1
+from tests import helpers
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+REPO = helpers.REPO
 STEPS = (2, 2)
 STOP = 3
 
@@ -45,19 +43,7 @@ def env(devices: int) -> dict:
   }
 
 
-class MultiHostTest(absltest.TestCase):
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.data_dir = os.path.join(cls.tmp, "data")
-    datasets.build("phantoms/px64", cls.data_dir)  # Several hosts never build datasets.
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.tmp, ignore_errors=True)
-    super().tearDownClass()
-
+class MultiHostTest(helpers.PhantomsTestCase):
   def args(self, workdir: str) -> list[str]:
     return [
       sys.executable,

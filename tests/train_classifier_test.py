@@ -5,35 +5,25 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 
 import chex
 import jax
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from alenn_jax import datasets, input_pipeline, localize, sharding
+from alenn_jax import input_pipeline, localize, sharding
 from alenn_jax import train_classifier as tc
 from alenn_jax import train_inpainting as ti
 from alenn_jax.errors import UserInputError
 from configs import localize as localize_config
 from configs import stage1, stage2
+from tests import helpers
 
 
-def leaves_equal(a, b) -> bool:
-  return all(
-    np.array_equal(np.asarray(x), np.asarray(y))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-  )
-
-
-class ClassifierTest(parameterized.TestCase):
+class ClassifierTest(helpers.PhantomsTestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.data_dir = os.path.join(cls.tmp, "data")
-    datasets.build("phantoms/px64", cls.data_dir)
     # A :smoke stage 2a workdir: two stage 1 steps, then LE maps of every split.
     cls.le_workdir = os.path.join(cls.tmp, "stage2a")
     s1 = stage1.get_config("smoke")
@@ -45,11 +35,6 @@ class ClassifierTest(parameterized.TestCase):
     loc.stage1.data.data_dir = cls.data_dir
     loc.stage1.phase1_steps, loc.stage1.phase2_steps = 1, 1
     localize.run(loc, cls.le_workdir)
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.tmp, ignore_errors=True)
-    super().tearDownClass()
 
   def config(self, backbone="resnet50", fusion="none"):
     config = stage2.get_config(f"smoke,backbone={backbone},fusion={fusion}")
@@ -83,7 +68,7 @@ class ClassifierTest(parameterized.TestCase):
       losses.append(float(metrics["loss"]))
     self.assertTrue(all(np.isfinite(losses)))
     self.assertLess(losses[-1], losses[0])  # Same batch three times: the loss must fall.
-    self.assertFalse(leaves_equal(before, state.params))
+    self.assertFalse(helpers.leaves_equal(before, state.params))
     self.assertEqual(int(state.step), 3)
 
   @parameterized.parameters("none", "enhance", "channels")
@@ -126,8 +111,8 @@ class ClassifierTest(parameterized.TestCase):
     self.assertFalse(os.path.exists(os.path.join(split_dir, "report", "table2.csv")))
     config.stop_at_step = -1
     resumed = tc.train_and_evaluate(config, split_dir)
-    self.assertTrue(leaves_equal(whole.params, resumed.params))
-    self.assertTrue(leaves_equal(whole.batch_stats, resumed.batch_stats))
+    self.assertTrue(helpers.leaves_equal(whole.params, resumed.params))
+    self.assertTrue(helpers.leaves_equal(whole.batch_stats, resumed.batch_stats))
 
   def test_missing_le_map_names_the_id_and_workdir(self):
     partial = os.path.join(self.tmp, "partial")

@@ -3,30 +3,22 @@
 import csv
 import math
 import os
-import shutil
-import tempfile
 
 import chex
 import jax
 import numpy as np
 from absl.testing import absltest
 
-from alenn_jax import datasets, sharding
+from alenn_jax import sharding
 from alenn_jax import train_inpainting as ti
 from configs import stage1
+from tests import helpers
 
 
 def smoke_config(data_dir: str):
   config = stage1.get_config("smoke")
   config.data.data_dir = data_dir
   return config
-
-
-def leaves_equal(a, b) -> bool:
-  return all(
-    np.array_equal(np.asarray(x), np.asarray(y))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-  )
 
 
 class TrainStepTest(absltest.TestCase):
@@ -63,28 +55,16 @@ class TrainStepTest(absltest.TestCase):
       self.assertTrue(all(math.isfinite(float(v)) for v in metrics.values()), metrics)
       for name in trained:
         self.assertFalse(
-          leaves_equal(getattr(before, name).params, getattr(state, name).params), name
+          helpers.leaves_equal(getattr(before, name).params, getattr(state, name).params), name
         )
       for name in frozen:
         self.assertTrue(
-          leaves_equal(getattr(before, name).params, getattr(state, name).params), name
+          helpers.leaves_equal(getattr(before, name).params, getattr(state, name).params), name
         )
       self.assertEqual(int(state.step), int(before.step) + 3)
 
 
-class TrainAndEvaluateTest(absltest.TestCase):
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.tmp = tempfile.mkdtemp()
-    cls.data_dir = os.path.join(cls.tmp, "data")
-    datasets.build("phantoms/px64", cls.data_dir)
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.tmp, ignore_errors=True)
-    super().tearDownClass()
-
+class TrainAndEvaluateTest(helpers.PhantomsTestCase):
   def test_smoke_trains_writes_table1_and_resumes_bit_identically(self):
     config = smoke_config(self.data_dir)
     workdir_a = os.path.join(self.tmp, "a")
@@ -106,13 +86,13 @@ class TrainAndEvaluateTest(absltest.TestCase):
     self.assertEqual(int(state_mid.step), 4)
     self.assertFalse(os.path.exists(os.path.join(workdir_b, "report", "table1.csv")))
     state_b = ti.train_and_evaluate(smoke_config(self.data_dir), workdir_b)
-    self.assertTrue(leaves_equal(jax.device_get(state_a), jax.device_get(state_b)))
+    self.assertTrue(helpers.leaves_equal(jax.device_get(state_a), jax.device_get(state_b)))
 
     # Stage 2's hand-over: the generator item alone.
     gen_s, gen_t, step = ti.restore_generator(workdir_a, config)
     self.assertEqual(step, 6)
-    self.assertTrue(leaves_equal(gen_s, state_a.gen_s.params))
-    self.assertTrue(leaves_equal(gen_t, state_a.gen_t.params))
+    self.assertTrue(helpers.leaves_equal(gen_s, state_a.gen_s.params))
+    self.assertTrue(helpers.leaves_equal(gen_t, state_a.gen_t.params))
 
     # --mode=eval reproduces the table written at the end of training.
     table = ti.evaluate_checkpoint(config, workdir_a)
@@ -130,7 +110,7 @@ class TrainAndEvaluateTest(absltest.TestCase):
       ti.train_and_evaluate(exploding, workdir)
     gen_s, _, step = ti.restore_generator(workdir, config)
     self.assertEqual(step, 2)
-    self.assertTrue(leaves_equal(gen_s, good.gen_s.params))
+    self.assertTrue(helpers.leaves_equal(gen_s, good.gen_s.params))
 
   def test_missing_checkpoint_is_a_clear_error(self):
     with self.assertRaisesRegex(Exception, "train stage 1 there first"):
