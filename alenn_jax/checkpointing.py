@@ -5,11 +5,17 @@ abstract target so shardings are kept) and `data` (the input iterator's position
 resumed run sees exactly the batches an uninterrupted one would have seen.
 """
 
+import json
 import math
+import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from alenn_jax import image_io
+from alenn_jax.errors import UserInputError
 
 
 def abstract(tree):
@@ -68,13 +74,6 @@ def check_config(
   `outputs` (folders of W) are moved aside (`<folder>.replaced-<time>`, never deleted) and the run
   starts over. Other fields (step counts, learning rate, logging) may change between runs.
   """
-  import json
-  import os
-  import time
-
-  from alenn_jax import image_io
-  from alenn_jax.errors import UserInputError
-
   path = os.path.join(workdir, f"config_{config.trainer}.json")
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):

@@ -22,7 +22,14 @@ import jax
 import ml_collections
 from absl import logging
 
-from alenn_jax import input_pipeline, localize, report, train_classifier, train_inpainting
+from alenn_jax import (
+  image_io,
+  input_pipeline,
+  localize,
+  report,
+  train_classifier,
+  train_inpainting,
+)
 from alenn_jax.errors import UserInputError
 from alenn_jax.progress import format_seconds
 
@@ -44,8 +51,6 @@ def read_done(directory: str) -> dict | None:
 
 
 def _write_json(path: str, value) -> None:
-  from alenn_jax import image_io
-
   image_io.write_text(path, json.dumps(value, indent=2, sort_keys=True))
 
 

@@ -245,14 +245,20 @@ def class_weights(config) -> tuple[float, float]:
   return total / (2 * counts[0]), total / (2 * counts[1])
 
 
-def predict(config, static, params, batch_stats, mesh, split: str, le_maps) -> dict:
-  """ids, labels and P(abnormal) of every example of `split` (all of it, or eval.max_batches)."""
+def make_predict_step(static: Static, mesh):
+  """The jitted `(params, batch_stats, batch) -> (P(abnormal), label, weight)`, built once per run
+  so that every evaluation reuses its compilation. Outputs are replicated, so every process reads
+  the whole batch (several hosts)."""
 
   def scores(params, batch_stats, batch):
     return eval_step(static, params, batch_stats, batch), batch["label"], batch["weight"]
 
-  # Outputs replicated, so every process reads the whole batch (several hosts).
-  step_fn = jax.jit(scores, out_shardings=sharding.replicated(mesh))
+  return jax.jit(scores, out_shardings=sharding.replicated(mesh))
+
+
+def predict(config, predict_step, params, batch_stats, mesh, split: str, le_maps) -> dict:
+  """ids, labels and P(abnormal) of every example of `split` (all of it, or eval.max_batches);
+  `predict_step` is `make_predict_step`'s."""
   iterator = input_pipeline.eval_iterator(config.data, mesh, split, labels=(0, 1), le_maps=le_maps)
   ids, labels, probs = [], [], []
   for i, batch in enumerate(iterator):
@@ -260,7 +266,7 @@ def predict(config, static, params, batch_stats, mesh, split: str, le_maps) -> d
       break
     numeric = {k: batch[k] for k in input_pipeline.numeric_keys(batch)}
     p, label, weight = (
-      np.asarray(a) for a in jax.device_get(step_fn(params, batch_stats, numeric))
+      np.asarray(a) for a in jax.device_get(predict_step(params, batch_stats, numeric))
     )
     keep = weight > 0
     labels.append(label[keep])
@@ -431,6 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     out_shardings=(replicated, replicated),
     donate_argnums=(0,),
   )
+  predict_step = make_predict_step(static, mesh)
   total = config.num_train_steps
   stop = total if config.stop_at_step < 0 else min(config.stop_at_step, total)
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
@@ -460,7 +467,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
       if (step + 1) % config.eval_every == 0 or step + 1 == stop:
         preds = predict(
-          config, static, state.params, state.batch_stats, mesh, config.data.eval_split, le_val
+          config,
+          predict_step,
+          state.params,
+          state.batch_stats,
+          mesh,
+          config.data.eval_split,
+          le_val,
         )
         scores = evaluate(config, preds)
         writer.write_scalars(step + 1, _flat_scores("val", scores))
@@ -498,7 +511,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer.flush()
   if stop == total:
     logging.info("best validation kappa %.4f at step %s", best_kappa, best_step)
-    score_checkpoint(config, workdir, static, mesh, state, None, config.eval.split)
+    score_checkpoint(config, workdir, static, mesh, state, None, config.eval.split, predict_step)
   return state
 
 
@@ -506,12 +519,14 @@ def _json_safe(scores: dict) -> dict:
   return json.loads(json.dumps(scores))
 
 
-def score_checkpoint(config, workdir, static, mesh, template, step, split) -> dict:
+def score_checkpoint(
+  config, workdir, static, mesh, template, step, split, predict_step=None
+) -> dict:
   """Scores checkpoint `step` (None: the best) on `split` and writes this run's outputs."""
   params, batch_stats, step, _ = restore_model(workdir, config, static, template, step)
-  preds = predict(
-    config, static, params, batch_stats, mesh, split, load_le_maps(config, workdir, split)
-  )
+  predict_step = predict_step or make_predict_step(static, mesh)
+  le_maps = load_le_maps(config, workdir, split)
+  preds = predict(config, predict_step, params, batch_stats, mesh, split, le_maps)
   scores = evaluate(config, preds)
   if jax.process_index() == 0:
     write_outputs(config, workdir, split, step, scores, preds)

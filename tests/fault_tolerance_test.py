@@ -38,6 +38,11 @@ def stage1_args(workdir: str, data_dir: str) -> list[str]:
   ]
 
 
+def run_stage1(workdir: str, data_dir: str):
+  """The stage 1 run of `stage1_args` to its end, as a subprocess."""
+  return helpers.launch(*stage1_args(workdir, data_dir)[1:], env=ENV)
+
+
 def smoke_config(data_dir: str):
   config = stage1.get_config("smoke")
   config.data.data_dir = data_dir
@@ -55,14 +60,7 @@ class FaultToleranceTest(helpers.PhantomsTestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.reference = os.path.join(cls.tmp, "reference")
-    done = subprocess.run(
-      [sys.executable, *stage1_args(cls.reference, cls.data_dir)],
-      cwd=REPO,
-      env=ENV,
-      capture_output=True,
-      text=True,
-      check=False,
-    )
+    done = run_stage1(cls.reference, cls.data_dir)
     assert done.returncode == 0, done.stderr[-3000:]
 
   def final_generator(self, workdir):
@@ -92,14 +90,7 @@ class FaultToleranceTest(helpers.PhantomsTestCase):
     stopped = steps_in(workdir)[-1]
     self.assertBetween(stopped, 2, STOP - 1)
 
-    resumed = subprocess.run(
-      [sys.executable, *stage1_args(workdir, self.data_dir)],
-      cwd=REPO,
-      env=ENV,
-      capture_output=True,
-      text=True,
-      check=False,
-    )
+    resumed = run_stage1(workdir, self.data_dir)
     self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
     self.assertIn(f"resumed from step {stopped}", resumed.stderr)
     gen_s, gen_t, step = self.final_generator(workdir)
@@ -135,14 +126,7 @@ class FaultToleranceTest(helpers.PhantomsTestCase):
     self.assertEqual(steps_in(workdir)[-1], STEPS[0])  # The half-written one is not a step.
     _, _, step = self.final_generator(workdir)
     self.assertEqual(step, STEPS[0])
-    resumed = subprocess.run(
-      [sys.executable, *stage1_args(workdir, self.data_dir)],
-      cwd=REPO,
-      env=ENV,
-      capture_output=True,
-      text=True,
-      check=False,
-    )
+    resumed = run_stage1(workdir, self.data_dir)
     self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
     gen_s, gen_t, step = self.final_generator(workdir)
     ref_s, ref_t, _ = self.final_generator(self.reference)
