@@ -1,21 +1,43 @@
-"""Checkpoint helpers shared by the trainers (orbax `CheckpointManager`).
+"""Checkpoints (orbax `CheckpointManager`) and the hand-over of trained models between stages.
 
-A trainer's checkpoint holds two items: `state` (its whole train state, restored against an
+A trainer's checkpoint in `W/checkpoints/` holds `state` (its whole train state, restored against an
 abstract target so shardings are kept) and `data` (the input iterator's position, JSON), so a
-resumed run sees exactly the batches an uninterrupted one would have seen.
+resumed run sees exactly the batches an uninterrupted one would have seen. Stage 1 adds `generator`
+(gen_s and gen_t parameters); a classifier keeps its best checkpoint apart in `W/best/` with
+`model` (params and BatchNorm statistics) and `metrics` (its validation scores).
+
+Every run stores its config as `W/config_<trainer>.json`. `load_generator(W)` and
+`load_classifier(W)` rebuild a trained model from that stored config alone: the networks' shapes
+come from `jax.eval_shape`, and only the weights are read (no optimizer, no discriminator), so a
+later stage or a new user needs nothing but the workdir.
 """
 
+import dataclasses
 import json
 import math
 import os
 import time
+from typing import Any
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from alenn_jax import image_io
+from alenn_jax import fusion, image_io, models, rtv, sharding
 from alenn_jax.errors import UserInputError
+from alenn_jax.models import inpainting
+
+# Checkpoint item names.
+STATE = "state"  # A trainer's whole train state.
+DATA = "data"  # The input iterator's position.
+GENERATOR = "generator"  # Stage 1: {"gen_s": params, "gen_t": params}.
+MODEL = "model"  # A classifier's best checkpoint: {"params": ..., "batch_stats": ...}.
+METRICS = "metrics"  # ... and its validation scores.
+STAGE1_ITEMS = (STATE, GENERATOR, DATA)
+LATEST_ITEMS = (STATE, DATA)
+BEST_ITEMS = (MODEL, METRICS)
+CHECKPOINTS, BEST = "checkpoints", "best"  # Folders of a workdir.
 
 
 def abstract(tree):
@@ -32,12 +54,28 @@ def restore_latest(manager: ocp.CheckpointManager, state, train_iter):
   restored = manager.restore(
     step,
     args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract(state)), data=ocp.args.JsonRestore()
+      **{STATE: ocp.args.StandardRestore(abstract(state)), DATA: ocp.args.JsonRestore()}
     ),
   )
-  train_iter.set_state(restored.data)
+  train_iter.set_state(restored[DATA])
   logging.info("resumed from step %d", step)
-  return restored.state, True
+  return restored[STATE], True
+
+
+def save(manager: ocp.CheckpointManager, step: int, items: dict, force: bool = False) -> None:
+  """Saves `items` (item name -> orbax save args) at `step`, unless `step` is already saved."""
+  if manager.latest_step() != step:
+    manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def close(managers, writer=None) -> None:
+  """Waits for every manager's pending saves, closes them and flushes `writer`: how a trainer
+  ends, normally or on preemption."""
+  for manager in managers:
+    manager.wait_until_finished()
+    manager.close()
+  if writer is not None:
+    writer.flush()
 
 
 def check_finite(step_metrics: dict, step: int, manager: ocp.CheckpointManager) -> None:
@@ -74,7 +112,7 @@ def check_config(
   `outputs` (folders of W) are moved aside (`<folder>.replaced-<time>`, never deleted) and the run
   starts over. Other fields (step counts, learning rate, logging) may change between runs.
   """
-  path = os.path.join(workdir, f"config_{config.trainer}.json")
+  path = config_path(workdir, config.trainer)
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
     with open(path) as f:
@@ -102,3 +140,167 @@ def check_config(
           logging.warning("config.%s changed: moved %s to %s.replaced-%s", name, old, sub, stamp)
   if jax.process_index() == 0:
     image_io.write_text(path, json.dumps(current, indent=2, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-over: trained models from a workdir's stored config.
+
+
+def config_path(workdir: str, trainer: str) -> str:
+  return os.path.join(workdir, f"config_{trainer}.json")
+
+
+def read_stored_config(workdir: str, trainer: str, what: str) -> ml_collections.ConfigDict:
+  """The config a `trainer` run stored in `workdir` (`what` names the run in the error)."""
+  path = config_path(workdir, trainer)
+  if not os.path.exists(path):
+    raise UserInputError(
+      f"{workdir} holds no {what} (no {os.path.basename(path)}); train it there first, or name "
+      "the workdir that holds it."
+    )
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _replicated_abstract(shapes, mesh):
+  target = sharding.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=target), shapes)
+
+
+def _steps(directory: str, items) -> tuple[int, ...]:
+  if not os.path.isdir(directory):
+    return ()
+  with ocp.CheckpointManager(directory, item_names=items) as manager:
+    return tuple(manager.all_steps())
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedGenerator:
+  """A stage 1 generator pair loaded from its workdir: what the LE maps and predictions use."""
+
+  workdir: str
+  step: int
+  config: ml_collections.ConfigDict  # The stage 1 run's stored config.
+  gen_s: inpainting.Generator
+  gen_t: inpainting.Generator
+  params: Any  # {"gen_s": ..., "gen_t": ...}, replicated on the mesh.
+  rtv: rtv.RTVParams
+
+  @property
+  def image_size(self) -> int:
+    return int(self.config.data.image_size)
+
+  def inpaint(self, params, images, structure, mask):
+    """The composited repainting, as `localize.difference_map` takes it (`inpaint_fn`)."""
+    return inpainting.inpaint(self.gen_s, self.gen_t, params, images, structure, mask)[2]
+
+
+def load_generator(workdir: str, step: int | None = None, mesh=None) -> TrainedGenerator:
+  """The stage 1 generators of `workdir` at `step` (None: the latest checkpoint), built from the
+  config stored there; only the generators' weights are read."""
+  config = read_stored_config(workdir, "inpainting", "stage 1 run")
+  mesh = mesh or sharding.make_mesh()
+  gen_s, gen_t, _, _ = inpainting.build(config.model)
+  shapes = inpainting.generator_shapes(config.model, config.data.image_size)
+  directory = os.path.join(workdir, CHECKPOINTS)
+  steps = _steps(directory, STAGE1_ITEMS)
+  if not steps:
+    raise UserInputError(f"no stage 1 checkpoint in {directory}; train stage 1 there first.")
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise UserInputError(f"no stage 1 checkpoint of step {step} in {directory}; it has {steps}.")
+  with ocp.CheckpointManager(directory, item_names=STAGE1_ITEMS) as manager:
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        **{GENERATOR: ocp.args.StandardRestore(_replicated_abstract(shapes, mesh))}
+      ),
+    )
+  return TrainedGenerator(
+    workdir=workdir,
+    step=int(step),
+    config=config,
+    gen_s=gen_s,
+    gen_t=gen_t,
+    params=restored[GENERATOR],
+    rtv=rtv.RTVParams.from_config(config.rtv),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedClassifier:
+  """A stage 2b classifier loaded from its workdir."""
+
+  workdir: str
+  step: int
+  config: ml_collections.ConfigDict  # The classifier run's stored config.
+  model: Any  # The backbone module (1 logit).
+  params: Any
+  batch_stats: Any
+  metrics: dict | None  # Validation scores stored with the best checkpoint (None for others).
+
+  def probabilities(self, inputs):
+    """P(abnormal) `[B]` of fused model inputs `[B, S, S, C]` (see `fusion.fuse`)."""
+    variables = {"params": self.params, "batch_stats": self.batch_stats}
+    return jax.nn.sigmoid(self.model.apply(variables, inputs, train=False)[:, 0])
+
+
+def classifier_shapes(model, config):
+  """{"params", "batch_stats"} shapes of `model` for `config`'s image size and fusion."""
+  size = config.data.image_size
+  x = jax.ShapeDtypeStruct((1, size, size, fusion.num_channels(config.fusion)), "float32")
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def load_classifier(workdir: str, which: str | int = "best", mesh=None) -> TrainedClassifier:
+  """The classifier of `workdir`, built from the config stored there: `which` is "best" (the
+  checkpoint selected on validation), "latest", or a step number; only the weights are read."""
+  config = read_stored_config(workdir, "classifier", "classifier run")
+  mesh = mesh or sharding.make_mesh()
+  model = models.classifier_from_config(config)
+  target = _replicated_abstract(classifier_shapes(model, config), mesh)
+  best_dir, latest_dir = os.path.join(workdir, BEST), os.path.join(workdir, CHECKPOINTS)
+  best_steps, latest_steps = _steps(best_dir, BEST_ITEMS), _steps(latest_dir, LATEST_ITEMS)
+  if which == "best" or (not isinstance(which, str) and which in best_steps):
+    if not best_steps:
+      raise UserInputError(f"no best checkpoint in {best_dir}; train the classifier there first.")
+    step = max(best_steps) if which == "best" else which
+    with ocp.CheckpointManager(best_dir, item_names=BEST_ITEMS) as manager:
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          **{MODEL: ocp.args.StandardRestore(target), METRICS: ocp.args.JsonRestore()}
+        ),
+      )
+    weights, stored_metrics = restored[MODEL], restored[METRICS]
+  else:
+    if which == "latest":
+      if not latest_steps:
+        raise UserInputError(f"no checkpoint in {latest_dir}; train the classifier there first.")
+      step = max(latest_steps)
+    elif isinstance(which, str) or which not in latest_steps:
+      raise UserInputError(
+        f"checkpoint {which!r} of {workdir}: use 'best', 'latest' or one of the steps "
+        f"{sorted(set(latest_steps) | set(best_steps))}."
+      )
+    else:
+      step = which
+    with ocp.CheckpointManager(latest_dir, item_names=LATEST_ITEMS) as manager:
+      # Only params and batch_stats of the saved train state (not the optimizer state).
+      restore = ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+      )
+      restored = manager.restore(step, args=ocp.args.Composite(**{STATE: restore}))
+    weights, stored_metrics = restored[STATE], None
+  return TrainedClassifier(
+    workdir=workdir,
+    step=int(step),
+    config=config,
+    model=model,
+    params=weights["params"],
+    batch_stats=weights["batch_stats"],
+    metrics=stored_metrics,
+  )

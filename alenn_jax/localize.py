@@ -11,15 +11,13 @@ The LE map is D divided by ONE dataset-level constant (a percentile of D over th
 computed once and stored in the workdir), clipped to [0, 1]. Never normalised per image: that would
 invent a lesion in every normal image.
 
-`python launch.py --config=configs/localize.py --workdir=W` writes D for every split to
-`W/le_maps/<split>/shard_XXXXX.npz` (resumable: finished shards are skipped), the constant to
-`W/le_maps/scale.json`, then the report: Figure 3 and `W/report/localization.csv`. Each shard holds
-`ids` (str [N]), `shapes` (int32 [N, 2]) and `offsets` (int64 [N + 1]) into `data` (float16, the
-maps of all N images flattened, each cropped back to the image inside the letterbox square).
+`python launch.py --config=configs/localize.py --workdir=W [--config.init_from=S]` loads the
+stage 1 generator of S (default W) from the config stored there (`checkpointing.load_generator`),
+writes D for every split to `W/le_maps/<split>/` (resumable: finished shards are skipped; format in
+`le_maps`), the constant to `W/le_maps/scale.json`, then the report: Figure 3 and
+`W/report/localization.csv`. Dataset and image size default to the stage 1 run's.
 """
 
-import glob
-import json
 import os
 import time
 
@@ -29,10 +27,23 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alenn_jax import checkpointing, image_io, input_pipeline, sharding
+from alenn_jax import checkpointing, input_pipeline, le_maps, report, rtv, sharding
 from alenn_jax import masks as masks_lib
-from alenn_jax import train_inpainting as ti
 from alenn_jax.errors import UserInputError
+from alenn_jax.models import inpainting
+
+# Fields whose change makes stored maps stale (checkpointing.check_config moves them aside).
+MAP_FIELDS = ("window", "stride", "data.name", "data.image_size")
+# Fields of the stage 1 run's config.data that the maps inherit when config.data.name is "".
+INHERITED_DATA_FIELDS = (
+  "name",
+  "data_dir",
+  "manual_dir",
+  "image_size",
+  "train_split",
+  "eval_split",
+  "seed",
+)
 
 
 def difference_map(params, images, structure, *, inpaint_fn, window: int, stride: int, chunk: int):
@@ -66,96 +77,76 @@ def difference_map(params, images, structure, *, inpaint_fn, window: int, stride
   return total / jnp.asarray(coverage)
 
 
-def stage1_inpaint_fn(static: ti.Static):
-  """The stage 1 repainting as an `inpaint_fn` for `difference_map`."""
+def stage1_inpaint_fn(gen_s: inpainting.Generator, gen_t: inpainting.Generator):
+  """The stage 1 repainting (composited) as an `inpaint_fn` for `difference_map`."""
 
   def inpaint(params, images, structure, mask):
-    return ti.inpaint(static, params["gen_s"], params["gen_t"], images, structure, mask)[2]
+    return inpainting.inpaint(gen_s, gen_t, params, images, structure, mask)[2]
 
   return inpaint
-
-
-def le_map(d: np.ndarray, scale: float) -> np.ndarray:
-  """LE = clip(D / scale, 0, 1) with the dataset-level `scale`."""
-  return np.clip(np.asarray(d, np.float32) / scale, 0.0, 1.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Storage of the maps.
-
-
-def _shard_path(workdir: str, split: str, index: int) -> str:
-  return os.path.join(workdir, "le_maps", split, f"shard_{index:05d}.npz")
-
-
-def write_shard(path: str, ids, maps) -> None:
-  shapes = np.asarray([m.shape for m in maps], np.int32).reshape(-1, 2)
-  offsets = np.concatenate([[0], np.cumsum([m.size for m in maps])]).astype(np.int64)
-  data = (
-    np.concatenate([m.ravel() for m in maps]).astype(np.float16)
-    if maps
-    else np.zeros(0, np.float16)
-  )
-  with image_io.atomic_open(path, "wb") as f:
-    np.savez(f, ids=np.asarray(ids, dtype=str), shapes=shapes, offsets=offsets, data=data)
-
-
-def read_difference_maps(workdir: str, split: str) -> dict[str, np.ndarray]:
-  """id -> D (float32 `[h, w]`, the image's own letterboxed extent) of every shard of `split`."""
-  files = sorted(glob.glob(os.path.join(workdir, "le_maps", split, "shard_*.npz")))
-  if not files:
-    raise UserInputError(
-      f"no LE maps for split {split!r} in {workdir}/le_maps; run "
-      f"python launch.py --config=configs/localize.py --workdir={workdir} first."
-    )
-  out = {}
-  for path in files:
-    with np.load(path) as shard:
-      ids, shapes, offsets, data = shard["ids"], shard["shapes"], shard["offsets"], shard["data"]
-    for i, example_id in enumerate(ids):
-      out[str(example_id)] = data[offsets[i] : offsets[i + 1]].astype(np.float32).reshape(shapes[i])
-  return out
-
-
-def read_scale(workdir: str) -> float:
-  path = os.path.join(workdir, "le_maps", "scale.json")
-  if not os.path.exists(path):
-    raise UserInputError(
-      f"no {path}; run the localize job (configs/localize.py) on {workdir} first."
-    )
-  with open(path) as f:
-    return float(json.load(f)["scale"])
-
-
-def read_le_maps(workdir: str, split: str) -> dict[str, np.ndarray]:
-  """id -> LE map in [0, 1] for `split`, what stage 2 fuses with the images."""
-  scale = read_scale(workdir)
-  return {k: le_map(v, scale) for k, v in read_difference_maps(workdir, split).items()}
 
 
 # ----------------------------------------------------------------------------------------------
 # The job.
 
 
-def map_split(config, params, static, mesh, workdir: str, split: str) -> int:
-  """Computes and stores D for every image of `split`, skipping finished shards; returns a count."""
-  step = jax.jit(
-    lambda params, images: difference_map(
+def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict):
+  """The job's config with what it leaves to the stage 1 run filled in: the dataset (when
+  `data.name` is ""), the image size (0), the window (0: stage 1's mask window) and the stride (0:
+  half the window), and the report split ("": the evaluation split)."""
+  config = config.copy_and_resolve_references()
+  if not config.data.name:
+    for field in INHERITED_DATA_FIELDS:
+      config.data[field] = stage1.data[field]
+  if not config.data.image_size:
+    config.data.image_size = int(stage1.data.image_size)
+  if not config.window:
+    config.window = int(stage1.masks.window)
+  if not config.stride:
+    config.stride = max(1, config.window // 2)
+  if not config.report.split:
+    config.report.split = config.data.eval_split
+  if config.stride > config.window:
+    raise UserInputError(
+      f"config.stride={config.stride} is larger than config.window={config.window}: pixels "
+      "between windows would never be repainted; use a stride in [1, window]."
+    )
+  if config.window > config.data.image_size:
+    raise UserInputError(
+      f"config.window={config.window} is larger than config.data.image_size="
+      f"{config.data.image_size}; use a window in [1, image_size]."
+    )
+  return config
+
+
+def make_map_step(config, generator: checkpointing.TrainedGenerator):
+  """The jitted `(params, images) -> D`, built once per run."""
+  inpaint_fn = stage1_inpaint_fn(generator.gen_s, generator.gen_t)
+
+  def step(params, images):
+    structure = rtv.structure_of(images, generator.rtv)
+    return difference_map(
       params,
       images,
-      ti.structure_of(images, static),
-      inpaint_fn=stage1_inpaint_fn(static),
+      structure,
+      inpaint_fn=inpaint_fn,
       window=config.window,
       stride=config.stride,
       chunk=config.chunk,
     )
-  )
+
+  return jax.jit(step)
+
+
+def map_split(config, step, params, mesh, workdir: str, split: str) -> int:
+  """Computes and stores D for every image of `split` with `make_map_step`'s `step`, skipping
+  finished shards; returns a count."""
   iterator = input_pipeline.eval_iterator(config.data, mesh, split, labels=(0, 1))
   per_shard = config.batches_per_shard
   num_shards = -(-iterator.num_batches // per_shard)
   done, t0, computed = 0, time.perf_counter(), 0
   for shard in range(num_shards):
-    path = _shard_path(workdir, split, shard)
+    path = le_maps.shard_path(workdir, split, shard)
     batches = [
       next(iterator) for _ in range(min(per_shard, iterator.num_batches - shard * per_shard))
     ]
@@ -172,12 +163,14 @@ def map_split(config, params, static, mesh, workdir: str, split: str) -> int:
           top, left, h, w = boxes[i]
           ids.append(str(batch["id"][i]))
           maps.append(d[i, top : top + h, left : left + w])
-    write_shard(path, ids, maps)
+    le_maps.write_shard(path, ids, maps)
     done += n_images
     computed += n_images
     rate = computed / max(time.perf_counter() - t0, 1e-9)
     remaining = sum(
-      1 for s in range(shard + 1, num_shards) if not os.path.exists(_shard_path(workdir, split, s))
+      1
+      for s in range(shard + 1, num_shards)
+      if not os.path.exists(le_maps.shard_path(workdir, split, s))
     )
     eta = remaining * per_shard * config.data.batch_size / max(rate, 1e-9)
     logging.info(
@@ -194,10 +187,9 @@ def map_split(config, params, static, mesh, workdir: str, split: str) -> int:
 
 def compute_scale(config, workdir: str, labels_by_id: dict[str, int]) -> float:
   """The `config.percentile`-th percentile of D over the training normals (stored once)."""
-  path = os.path.join(workdir, "le_maps", "scale.json")
-  if os.path.exists(path):
-    return read_scale(workdir)
-  maps = read_difference_maps(workdir, config.data.train_split)
+  if os.path.exists(le_maps.scale_path(workdir)):
+    return le_maps.read_scale(workdir)
+  maps = le_maps.read_difference_maps(workdir, config.data.train_split)
   values = [m.ravel() for k, m in maps.items() if labels_by_id.get(k) == 0]
   if not values:
     raise UserInputError(
@@ -205,9 +197,7 @@ def compute_scale(config, workdir: str, labels_by_id: dict[str, int]) -> float:
     )
   scale = float(np.percentile(np.concatenate(values), config.percentile))
   scale = max(scale, 1e-6)
-  image_io.write_text(
-    path, json.dumps({"scale": scale, "percentile": config.percentile, "images": len(values)})
-  )
+  le_maps.write_scale(workdir, scale, percentile=config.percentile, images=len(values))
   logging.info(
     "LE scale: %g (%g-th percentile of D over %d training normals)",
     scale,
@@ -218,27 +208,20 @@ def compute_scale(config, workdir: str, labels_by_id: dict[str, int]) -> float:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Maps every split, calibrates the LE scale on the training normals, writes the report."""
+  """Maps every split with the stage 1 generator of `config.init_from` (default: `workdir`),
+  calibrates the LE scale on the training normals, writes the report."""
   if jax.process_count() > 1:
     raise UserInputError("the localize job runs on one host; start it without --multihost.")
-  from alenn_jax import report
-
-  checkpointing.check_config(
-    config,
-    workdir,
-    ("window", "stride", "data.name", "data.image_size", "stage1.model."),
-    ("le_maps",),
-  )
   mesh = sharding.make_mesh()
-  stage1_config = config.stage1
-  static = ti.Static.from_config(stage1_config)
   source = config.init_from or workdir
-  gen_s, gen_t, step = ti.restore_generator(source, stage1_config)
-  logging.info("stage 1 generator from %s, step %d", source, step)
-  params = jax.device_put({"gen_s": gen_s, "gen_t": gen_t}, sharding.replicated(mesh))
+  generator = checkpointing.load_generator(source, mesh=mesh)
+  logging.info("stage 1 generator from %s, step %d", source, generator.step)
+  config = resolve(config, generator.config)
+  checkpointing.check_config(config, workdir, MAP_FIELDS, (le_maps.LE_MAPS,))
+  step = make_map_step(config, generator)
   counts = {}
   for split in input_pipeline.split_names(config.data):
-    counts[split] = map_split(config, params, static, mesh, workdir, split)
+    counts[split] = map_split(config, step, generator.params, mesh, workdir, split)
   labels = input_pipeline.split_labels(config.data, config.data.train_split)
   scale = compute_scale(config, workdir, labels)
   report.localization_report(config, workdir, mesh, scale)

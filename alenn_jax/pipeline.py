@@ -82,7 +82,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
   share(config.stage1.data)
   share(config.localize.data)
-  config.localize.stage1 = config.stage1
   config.localize.report.split = test_split
   for backbone in config.backbones:
     if backbone not in config.stage2:

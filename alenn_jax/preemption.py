@@ -12,6 +12,7 @@ import signal
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 class Preempted(Exception):
@@ -34,8 +35,6 @@ class _Watcher:
   def __call__(self, step: int) -> bool:
     """Whether to stop after `step` (called once per step by every process)."""
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           self.signum = self.signum or signal.SIGTERM

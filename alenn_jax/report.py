@@ -16,7 +16,6 @@ inside the letterbox square.
 
 import csv
 import glob
-import json
 import os
 import time
 
@@ -26,7 +25,8 @@ import numpy as np
 from absl import logging
 from scipy import ndimage, stats
 
-from alenn_jax import image_io, input_pipeline, localize, metrics
+from alenn_jax import checkpointing, image_io, input_pipeline, le_maps, metrics, predictions
+from alenn_jax.progress import format_seconds
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -63,7 +63,7 @@ def score_maps(examples, maps_by_method, scale, tolerance: int) -> list[dict]:
     hits, pixel_scores, pixel_labels, inside, outside, normal_values = [], [], [], [], [], []
     for ex in examples:
       d = maps[ex["id"]]
-      le = localize.le_map(d, scale) if method == "ALENN" else d
+      le = le_maps.le_map(d, scale) if method == "ALENN" else d
       if ex["label"] == 1 and ex["lesion"].any():
         hits.append(pointing_hit(d, ex["lesion"], tolerance))
         pixel_scores.append(d.ravel())
@@ -118,7 +118,7 @@ def figure3(examples, d_maps, scale, path: str, title: str) -> None:
   fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
   for row, ex in zip(axes, examples, strict=True):
     d = d_maps[ex["id"]]
-    le = localize.le_map(d, scale)
+    le = le_maps.le_map(d, scale)
     row[0].imshow(ex["image"], cmap="gray", vmin=0, vmax=1)
     row[0].set_title(f"{ex['id']}", fontsize=7)
     row[1].imshow(d, cmap="magma", vmin=0, vmax=max(scale * 1.5, 1e-6))
@@ -142,7 +142,7 @@ def figure3(examples, d_maps, scale, path: str, title: str) -> None:
 def localization_report(config, workdir: str, mesh, scale: float) -> list[dict]:
   """Figure 3 and `localization.csv` for `config.report.split`."""
   split = config.report.split
-  d_maps = localize.read_difference_maps(workdir, split)
+  d_maps = le_maps.read_difference_maps(workdir, split)
   examples = _collect(config, mesh, split)
   report_dir = os.path.join(workdir, "report")
   for label, name in ((0, "normal"), (1, "abnormal")):
@@ -199,21 +199,6 @@ BACKBONE_NAMES = {
   "densenet121": "DenseNet-121",
   "inception_v3": "Inception-v3",
 }
-
-
-def _run_results(run_dir: str, split: str) -> dict | None:
-  """A classifier run's scores and predictions on `split`, or None when it has none yet."""
-  path = os.path.join(run_dir, "report", f"metrics_{split}.json")
-  preds = os.path.join(run_dir, "report", f"predictions_{split}.csv")
-  if not (os.path.exists(path) and os.path.exists(preds)):
-    return None
-  from alenn_jax import train_classifier
-
-  with open(path) as f:
-    info = json.load(f)
-  info["predictions"] = train_classifier.read_predictions(preds)
-  info["run_dir"] = run_dir
-  return info
 
 
 def table2_rows(results: list[dict], level: str = "image") -> list[dict]:
@@ -287,7 +272,7 @@ def _write_csv(path: str, rows: list[dict], columns) -> None:
 def table2(run_dirs: list[str], report_dir: str, split: str) -> list[dict]:
   """Table 2 (`table2.csv`, plus `table2_study.csv` for MURA) and Figure 4 (`fig4_roc.png`) from
   the classifier runs in `run_dirs` that have scores on `split`. Returns the image-level rows."""
-  results = [r for r in (_run_results(d, split) for d in run_dirs) if r is not None]
+  results = [r for r in (predictions.read_results(d, split) for d in run_dirs) if r is not None]
   if not results:
     raise ValueError(f"no classifier results on split {split!r} in {run_dirs}.")
   rows = table2_rows(results)
@@ -332,9 +317,11 @@ def _markdown_table(rows: list[dict]) -> str:
 
 def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) -> str:
   """W/report/report.md: what ran, Table 1, the localization table, Figure 3, Table 2, Figure 4."""
-  from alenn_jax.progress import format_seconds
-
   data = config.data
+  # The LE-map settings as the localize stage resolved them (window, stride: stage 1's defaults).
+  localize = checkpointing.read_stored_config(
+    os.path.join(workdir, "localize"), "localize", "localize run"
+  )
   devices = jax.devices()
   lines = [
     "# ALENN report",
@@ -352,8 +339,8 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
     f"{jax.process_count()} process(es).",
     f"- Stage 1: model {dict(config.stage1.model)}, {config.stage1.phase1_steps} + "
     f"{config.stage1.phase2_steps} steps at batch {config.stage1.data.batch_size}.",
-    f"- LE maps: window {config.localize.window} px, stride {config.localize.stride} px; scale = "
-    f"the {config.localize.percentile:g}th percentile of D over the training normals.",
+    f"- LE maps: window {localize.window} px, stride {localize.stride} px; scale = "
+    f"the {localize.percentile:g}th percentile of D over the training normals.",
     f"- Classifiers: {', '.join(config.backbones)}, each with fusion "
     f"{' and '.join(config.fusions)}; checkpoints selected by kappa on `{data.eval_split}`, "
     f"scored on `{config.test_split}`.",
@@ -393,7 +380,7 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
     "",
     "## Lesion localization",
     "",
-    f"Scored on `{config.localize.report.split}` where lesion masks exist. Pointing game: the "
+    f"Scored on `{localize.report.split}` where lesion masks exist. Pointing game: the "
     "map's maximum lies on the lesion; pixel AUROC: lesion pixels against the rest (0.5 is "
     "chance). ALENN's difference map should beat the random and centre-prior references, and stay "
     "low on normal images.",

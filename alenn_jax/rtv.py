@@ -26,6 +26,7 @@ Command line, for looking at the result of one image:
 """
 
 import argparse
+import dataclasses
 import functools
 import math
 import sys
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alenn_jax import image_io
+from alenn_jax.errors import UserInputError
 
 # The reference's `vareps`: floor of the smoothed-gradient magnitude in the texture weights.
 GRADIENT_FLOOR = 1e-3
@@ -47,6 +49,33 @@ DEFAULT_N_ITER = 3
 # Relative residual ||b - A x|| / ||b|| at which a solve stops, and its iteration cap.
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_CG_ITERS = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class RTVParams:
+  """The RTV parameters as one value: what configs hold (`config.rtv`), jitted code closes over."""
+
+  lam: float = DEFAULT_LAM  # Smoothing weight lambda (halved internally, as the reference does).
+  sigma: float = DEFAULT_SIGMA  # Initial texture-window scale; halves each outer iteration.
+  sharpness: float = DEFAULT_SHARPNESS  # Gradient floor: smaller keeps sharper edges.
+  n_iter: int = DEFAULT_N_ITER  # Outer re-weighting iterations.
+  tol: float = DEFAULT_TOL  # Relative residual at which each CG solve stops.
+  max_cg_iters: int = DEFAULT_MAX_CG_ITERS  # CG iteration cap per solve.
+
+  @classmethod
+  def from_config(cls, config) -> "RTVParams":
+    """From a `config.rtv` block (a ConfigDict or a dict); unknown fields are refused."""
+    values = dict(config)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+      raise UserInputError(
+        f"config.rtv has unknown field(s) {', '.join(unknown)}; its fields: {', '.join(names)}."
+      )
+    return cls(**values)
+
+  def as_kwargs(self) -> dict:
+    return dataclasses.asdict(self)
 
 
 class SolveInfo(NamedTuple):
@@ -404,6 +433,11 @@ def extract_structure(
     max_cg_iters=max_cg_iters,
   )
   return structure
+
+
+def structure_of(images: jax.Array, params: RTVParams) -> jax.Array:
+  """RTV structure of `[B, H, W, C]` images in the models' `[-1, 1]` range, in `[-1, 1]`."""
+  return extract_structure((images + 1.0) / 2.0, **params.as_kwargs()) * 2.0 - 1.0
 
 
 # ----------------------------------------------------------------------------------------------

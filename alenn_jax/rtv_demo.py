@@ -11,12 +11,16 @@ import time
 
 import jax
 import jax.numpy as jnp
+import matplotlib
 import ml_collections
 import numpy as np
 from absl import logging
 
 from alenn_jax import errors, image_io, rtv
 from alenn_jax.datasets.phantoms import render
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 
 
 def load_images(config: ml_collections.ConfigDict) -> tuple[list[str], np.ndarray]:
@@ -38,11 +42,6 @@ def load_images(config: ml_collections.ConfigDict) -> tuple[list[str], np.ndarra
 
 
 def save_figure(names, images, structures, path):
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   n = len(names)
   fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
   for row, (name, img, s) in enumerate(zip(names, images, structures, strict=True)):
@@ -65,7 +64,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Extracts the structure of the configured images and writes the results under `workdir/rtv`."""
   names, images = load_images(config)
   batch = jnp.asarray(images)[..., None]  # [B, H, W, 1]
-  kwargs = dict(config.rtv)
+  kwargs = rtv.RTVParams.from_config(config.rtv).as_kwargs()
   t0 = time.perf_counter()
   jax.block_until_ready(rtv.extract_structure_with_info(batch, **kwargs))
   compile_and_run_s = time.perf_counter() - t0

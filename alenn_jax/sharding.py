@@ -7,6 +7,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from alenn_jax.errors import UserInputError
+
 DATA_AXIS = "data"
 
 
@@ -28,8 +30,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def check_batch_divisible(global_batch_size: int, mesh: Mesh, field: str = "batch_size") -> None:
   """Raises a UserInputError naming `field` when the batch cannot be split evenly over the
   devices."""
-  from alenn_jax.errors import UserInputError
-
   n = mesh.devices.size
   if global_batch_size % n:
     raise UserInputError(

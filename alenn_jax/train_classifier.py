@@ -6,17 +6,17 @@ binary cross-entropy on P(abnormal), Adam at 1e-4, batch 16 (the paper's setting
 class-balanced. Every `eval_every` steps it is scored on the validation split; the checkpoint with
 the best Cohen's kappa is kept apart (`W/best/`) and is what the final scores use.
 
-Reads top to bottom: `create_train_state`, `train_step`, `eval_step`, `predict` and `evaluate`,
-`train_and_evaluate`, `evaluate_checkpoint` (`--mode=eval`). Outputs, in `W/report/`:
+Reads top to bottom: `create_train_state`, `train_step`, `eval_step`, `evaluate` (runs the model
+over a split and scores it: `predict`, then `scores_of`), `train_and_evaluate`,
+`evaluate_checkpoint` (`--mode=eval`). Outputs, in `W/report/` (format: `predictions`):
 `metrics_<split>.json` (image-level scores, and study-level ones for MURA),
 `predictions_<split>.csv` (id, label, probability), `table2.csv` (this run's row) and
-`fig4_roc.png`.
+`fig4_roc.png`. `checkpointing.load_classifier(W)` loads the trained model elsewhere.
 
 Resuming is automatic from `W/checkpoints/` (orbax): step, parameters, BatchNorm statistics,
 optimizer state, RNG and the input iterator's position.
 """
 
-import csv
 import dataclasses
 import functools
 import json
@@ -37,14 +37,17 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from alenn_jax import (
   checkpointing,
   fusion,
-  image_io,
   input_pipeline,
+  le_maps,
   metrics,
   models,
+  predictions,
   preemption,
   progress,
+  report,
   sharding,
 )
+from alenn_jax.checkpointing import DATA, METRICS, MODEL, STATE
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import layers
 
@@ -62,8 +65,8 @@ class TrainState:
 
 
 @dataclasses.dataclass(frozen=True)
-class Static:
-  """What the step functions close over: the model, optimizer and constants from the config."""
+class ClassifierSetup:
+  """What the classifier's step functions close over: model, optimizer and constants."""
 
   model: Any
   tx: optax.GradientTransformation
@@ -75,13 +78,7 @@ class Static:
 
   @classmethod
   def from_config(cls, config, class_weights=(1.0, 1.0)):
-    overrides = {k: v for k, v in config.model.items() if k not in ("pretrained", "half_precision")}
-    if config.model.half_precision:
-      overrides["dtype"] = jnp.bfloat16
-    try:
-      model = models.get_backbone(config.backbone, 1, **overrides)
-    except (ValueError, TypeError) as e:
-      raise UserInputError(f"config.model: {e}") from None
+    model = models.classifier_from_config(config)
     opt = config.optimizer
     if opt.weight_decay > 0:
       tx = optax.adamw(opt.learning_rate, opt.b1, opt.b2, weight_decay=opt.weight_decay)
@@ -124,7 +121,7 @@ def check_input_size(model, config, image_size: int) -> None:
 
 
 def create_train_state(
-  config, static: Static, rng, image_size: int, load_pretrained: bool = True
+  config, static: ClassifierSetup, rng, image_size: int, load_pretrained: bool = True
 ) -> TrainState:
   """Fresh (or ImageNet-initialised, `config.model.pretrained`) parameters and optimizer state."""
   k_init, k_drop, k_rng = jax.random.split(rng, 3)
@@ -151,7 +148,7 @@ def _bce(logits, labels, weights):
   return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-9)
 
 
-def train_step(state: TrainState, batch: dict, rng, *, static: Static):
+def train_step(state: TrainState, batch: dict, rng, *, static: ClassifierSetup):
   """One Adam step on the weighted BCE of P(abnormal) (plus Inception's auxiliary head)."""
   inputs = fusion.fuse(batch["image"], batch.get("le"), static.fusion, static.gamma)
   labels = batch["label"].astype(jnp.float32)  # [B]
@@ -191,7 +188,7 @@ def train_step(state: TrainState, batch: dict, rng, *, static: Static):
   }
 
 
-def eval_step(static: Static, params, batch_stats, batch):
+def eval_step(static: ClassifierSetup, params, batch_stats, batch):
   """P(abnormal) of every image of a batch: `[B]`."""
   inputs = fusion.fuse(batch["image"], batch.get("le"), static.fusion, static.gamma)
   logits = static.model.apply({"params": params, "batch_stats": batch_stats}, inputs, train=False)
@@ -211,10 +208,8 @@ def load_le_maps(config, workdir: str, split: str) -> dict[str, np.ndarray] | No
   naming the id and the workdir."""
   if config.fusion == "none":
     return None
-  from alenn_jax import localize
-
   source = le_source(config, workdir)
-  maps = localize.read_le_maps(source, split)
+  maps = le_maps.read_le_maps(source, split)
   wanted = input_pipeline.split_labels(config.data, split)
   missing = sorted(set(wanted) - set(maps))
   if missing:
@@ -245,7 +240,7 @@ def class_weights(config) -> tuple[float, float]:
   return total / (2 * counts[0]), total / (2 * counts[1])
 
 
-def make_predict_step(static: Static, mesh):
+def make_predict_step(static: ClassifierSetup, mesh):
   """The jitted `(params, batch_stats, batch) -> (P(abnormal), label, weight)`, built once per run
   so that every evaluation reuses its compilation. Outputs are replicated, so every process reads
   the whole batch (several hosts)."""
@@ -256,10 +251,10 @@ def make_predict_step(static: Static, mesh):
   return jax.jit(scores, out_shardings=sharding.replicated(mesh))
 
 
-def predict(config, predict_step, params, batch_stats, mesh, split: str, le_maps) -> dict:
+def predict(config, predict_step, params, batch_stats, mesh, split: str, maps) -> dict:
   """ids, labels and P(abnormal) of every example of `split` (all of it, or eval.max_batches);
-  `predict_step` is `make_predict_step`'s."""
-  iterator = input_pipeline.eval_iterator(config.data, mesh, split, labels=(0, 1), le_maps=le_maps)
+  `predict_step` is `make_predict_step`'s, `maps` the split's LE maps (or None)."""
+  iterator = input_pipeline.eval_iterator(config.data, mesh, split, labels=(0, 1), le_maps=maps)
   ids, labels, probs = [], [], []
   for i, batch in enumerate(iterator):
     if config.eval.max_batches and i >= config.eval.max_batches:
@@ -279,7 +274,7 @@ def _mura_study(example_id: str) -> str:
   return example_id.rsplit("/", 1)[0]
 
 
-def evaluate(config, preds: dict) -> dict:
+def scores_of(config, preds: dict) -> dict:
   """Image-level scores (and study-level ones for MURA) of `predict`'s output."""
   out = {"image": metrics.classification_metrics(preds["labels"], preds["probs"], config.threshold)}
   if config.data.name.startswith("mura"):
@@ -293,33 +288,18 @@ def evaluate(config, preds: dict) -> dict:
   return out
 
 
+def evaluate(config, predict_step, params, batch_stats, mesh, split: str, maps):
+  """Runs the model over `split` and scores it: (scores, predictions)."""
+  preds = predict(config, predict_step, params, batch_stats, mesh, split, maps)
+  return scores_of(config, preds), preds
+
+
 # ----------------------------------------------------------------------------------------------
 # Outputs.
 
 
-def write_predictions(path: str, preds: dict) -> None:
-  with image_io.atomic_open(path, "w") as f:
-    writer = csv.writer(f)
-    writer.writerow(["id", "label", "prob_abnormal"])
-    for i, label, p in zip(preds["ids"], preds["labels"], preds["probs"], strict=True):
-      writer.writerow([i, int(label), f"{float(p):.6f}"])
-
-
-def read_predictions(path: str) -> dict:
-  with open(path) as f:
-    rows = list(csv.DictReader(f))
-  return {
-    "ids": [r["id"] for r in rows],
-    "labels": np.asarray([int(r["label"]) for r in rows], np.int64),
-    "probs": np.asarray([float(r["prob_abnormal"]) for r in rows], np.float64),
-  }
-
-
 def write_outputs(config, workdir: str, split: str, step: int, scores: dict, preds: dict) -> None:
   """metrics_<split>.json, predictions_<split>.csv, table2.csv and fig4_roc.png of this run."""
-  from alenn_jax import report
-
-  out = os.path.join(workdir, "report")
   info = {
     "backbone": config.backbone,
     "fusion": config.fusion,
@@ -330,9 +310,8 @@ def write_outputs(config, workdir: str, split: str, step: int, scores: dict, pre
     "positive_class": "abnormal",
     **scores,
   }
-  image_io.write_text(os.path.join(out, f"metrics_{split}.json"), json.dumps(info, indent=2))
-  write_predictions(os.path.join(out, f"predictions_{split}.csv"), preds)
-  report.table2([workdir], out, split)
+  predictions.write_results(workdir, split, info, preds)
+  report.table2([workdir], os.path.join(workdir, predictions.REPORT), split)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,11 +321,13 @@ def write_outputs(config, workdir: str, split: str, step: int, scores: dict, pre
 def _managers(workdir: str, config):
   options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
   latest = ocp.CheckpointManager(
-    os.path.join(workdir, "checkpoints"), item_names=("state", "data"), options=options
+    os.path.join(workdir, checkpointing.CHECKPOINTS),
+    item_names=checkpointing.LATEST_ITEMS,
+    options=options,
   )
   best = ocp.CheckpointManager(
-    os.path.join(workdir, "best"),
-    item_names=("model", "metrics"),
+    os.path.join(workdir, checkpointing.BEST),
+    item_names=checkpointing.BEST_ITEMS,
     options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
   )
   return latest, best
@@ -356,41 +337,8 @@ def _best_so_far(best) -> tuple[int | None, float]:
   step = best.latest_step()
   if step is None:
     return None, -math.inf
-  restored = best.restore(step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore()))
-  return step, float(restored.metrics["image"]["kappa"])
-
-
-def restore_model(workdir: str, config, static, template: TrainState, step: int | None):
-  """(params, batch_stats, step, stored validation metrics or None) of the best checkpoint
-  (`step` None) or of checkpoint `step` (from best/ or checkpoints/)."""
-  model = checkpointing.abstract({"params": template.params, "batch_stats": template.batch_stats})
-  best_dir = os.path.join(workdir, "best")
-  latest_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(best_dir) and not os.path.isdir(latest_dir):
-    raise UserInputError(f"no classifier checkpoints in {workdir}; train there first.")
-  with ocp.CheckpointManager(best_dir, item_names=("model", "metrics")) as best:
-    best_step = best.latest_step()
-    if step is None or step == best_step:
-      if best_step is None:
-        raise UserInputError(f"no best checkpoint in {best_dir}; train there first.")
-      restored = best.restore(
-        best_step,
-        args=ocp.args.Composite(
-          model=ocp.args.StandardRestore(model), metrics=ocp.args.JsonRestore()
-        ),
-      )
-      return restored.model["params"], restored.model["batch_stats"], best_step, restored.metrics
-  with ocp.CheckpointManager(latest_dir, item_names=("state", "data")) as latest:
-    if step not in latest.all_steps():
-      raise UserInputError(
-        f"config.eval.checkpoint_step={step}: {workdir} holds steps {sorted(latest.all_steps())} "
-        f"and the best, {best_step}."
-      )
-    restored = latest.restore(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(checkpointing.abstract(template))),
-    )
-  return restored.state.params, restored.state.batch_stats, step, None
+  restored = best.restore(step, args=ocp.args.Composite(**{METRICS: ocp.args.JsonRestore()}))
+  return step, float(restored[METRICS]["image"]["kappa"])
 
 
 def _flat_scores(prefix: str, scores: dict) -> dict[str, float]:
@@ -411,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   it on `config.eval.split` and writes this run's outputs."""
   checkpointing.check_config(config, workdir, SHAPE_FIELDS)
   mesh = sharding.make_mesh()
-  static = Static.from_config(config, class_weights(config))
+  static = ClassifierSetup.from_config(config, class_weights(config))
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   replicated = sharding.replicated(mesh)
   le_train = load_le_maps(config, workdir, config.data.train_split)
@@ -440,19 +388,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   predict_step = make_predict_step(static, mesh)
   total = config.num_train_steps
   stop = total if config.stop_at_step < 0 else min(config.stop_at_step, total)
-  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
   progress_line = progress.Progress(
     f"classifier {config.backbone}/{config.fusion}", total, config.data.batch_size
   )
 
   def save_latest(step: int, state: TrainState) -> None:
-    if latest.latest_step() != step:
-      latest.save(
-        step,
-        args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(train_iter.get_state())
-        ),
-      )
+    items = {STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(train_iter.get_state())}
+    checkpointing.save(latest, step, items)
 
   with preemption.watch() as should_stop:
     for step in range(start, stop):
@@ -461,12 +404,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       state, step_metrics = step_fn(state, numeric, jax.random.fold_in(state.rng, step))
       step_metrics = jax.device_get(step_metrics)
       checkpointing.check_finite(step_metrics, step, latest)
-      report(step + 1)
+      report_progress(step + 1)
       progress_line.update(step + 1)
       if (step + 1) % config.log_every == 0 or step + 1 == stop:
         writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
       if (step + 1) % config.eval_every == 0 or step + 1 == stop:
-        preds = predict(
+        scores, _ = evaluate(
           config,
           predict_step,
           state.params,
@@ -475,7 +418,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           config.data.eval_split,
           le_val,
         )
-        scores = evaluate(config, preds)
         writer.write_scalars(step + 1, _flat_scores("val", scores))
         kappa = scores["image"]["kappa"]
         logging.info(
@@ -487,31 +429,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         )
         if kappa > best_kappa:
           best_step, best_kappa = step + 1, kappa
-          best.save(
-            step + 1,
-            args=ocp.args.Composite(
-              model=ocp.args.StandardSave(
-                {"params": state.params, "batch_stats": state.batch_stats}
-              ),
-              metrics=ocp.args.JsonSave(_json_safe(scores)),
-            ),
-          )
+          weights = {"params": state.params, "batch_stats": state.batch_stats}
+          items = {
+            MODEL: ocp.args.StandardSave(weights),
+            METRICS: ocp.args.JsonSave(_json_safe(scores)),
+          }
+          checkpointing.save(best, step + 1, items)
         save_latest(step + 1, state)
       if should_stop(step + 1):
         save_latest(step + 1, state)
-        for manager in (latest, best):
-          manager.wait_until_finished()
-          manager.close()
-        writer.flush()
+        checkpointing.close([latest, best], writer)
         raise preemption.Preempted(step + 1, should_stop.signum)
-  latest.wait_until_finished()
-  best.wait_until_finished()
-  latest.close()
-  best.close()
-  writer.flush()
+  checkpointing.close([latest, best], writer)
   if stop == total:
     logging.info("best validation kappa %.4f at step %s", best_kappa, best_step)
-    score_checkpoint(config, workdir, static, mesh, state, None, config.eval.split, predict_step)
+    score_checkpoint(config, workdir, mesh, "best", config.eval.split, predict_step)
   return state
 
 
@@ -519,24 +451,25 @@ def _json_safe(scores: dict) -> dict:
   return json.loads(json.dumps(scores))
 
 
-def score_checkpoint(
-  config, workdir, static, mesh, template, step, split, predict_step=None
-) -> dict:
-  """Scores checkpoint `step` (None: the best) on `split` and writes this run's outputs."""
-  params, batch_stats, step, _ = restore_model(workdir, config, static, template, step)
-  predict_step = predict_step or make_predict_step(static, mesh)
-  le_maps = load_le_maps(config, workdir, split)
-  preds = predict(config, predict_step, params, batch_stats, mesh, split, le_maps)
-  scores = evaluate(config, preds)
+def score_checkpoint(config, workdir, mesh, which, split, predict_step=None) -> dict:
+  """Scores checkpoint `which` ("best", "latest" or a step) of `workdir` on `split` and writes
+  this run's outputs; the model is the one the workdir's stored config describes."""
+  trained = checkpointing.load_classifier(workdir, which, mesh)
+  if predict_step is None:
+    predict_step = make_predict_step(ClassifierSetup.from_config(trained.config), mesh)
+  maps = load_le_maps(config, workdir, split)
+  scores, preds = evaluate(
+    config, predict_step, trained.params, trained.batch_stats, mesh, split, maps
+  )
   if jax.process_index() == 0:
-    write_outputs(config, workdir, split, step, scores, preds)
+    write_outputs(config, workdir, split, trained.step, scores, preds)
   s = scores["image"]
   logging.info(
     "%s %s (step %d) on %s: accuracy %.4f precision %.4f recall %.4f F1 %.4f kappa %.4f AUC %.4f "
     "(%d images)",
     config.backbone,
     config.fusion,
-    step,
+    trained.step,
     split,
     s["accuracy"],
     s["precision"],
@@ -552,11 +485,5 @@ def score_checkpoint(
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`--mode=eval`: scores checkpoint `config.eval.checkpoint_step` (-1: the best) on
   `config.eval.split`."""
-  mesh = sharding.make_mesh()
-  static = Static.from_config(config)
-  template = create_train_state(
-    config, static, jax.random.PRNGKey(0), config.data.image_size, load_pretrained=False
-  )
-  template = jax.device_put(template, sharding.replicated(mesh))
-  step = config.eval.checkpoint_step if config.eval.checkpoint_step >= 0 else None
-  return score_checkpoint(config, workdir, static, mesh, template, step, config.eval.split)
+  which = config.eval.checkpoint_step if config.eval.checkpoint_step >= 0 else "best"
+  return score_checkpoint(config, workdir, sharding.make_mesh(), which, config.eval.split)

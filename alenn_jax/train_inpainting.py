@@ -7,10 +7,11 @@ eq. 11-12 (see `losses`). S is computed by `rtv.extract_structure` inside the ji
 masks are drawn on device from a per-step key, so there is no pre-processing pass.
 
 Reads top to bottom: `create_train_state`, `train_step`, `eval_step` (`repaint`), `evaluate`
-(the paper's Table 1: PSNR/SSIM of repainting normal vs abnormal images), `train_and_evaluate`.
+(runs the generators over the evaluation split and scores them: the paper's Table 1, PSNR/SSIM of
+repainting normal vs abnormal images), `train_and_evaluate`, `evaluate_checkpoint` (`--mode=eval`).
 Resuming is automatic from `workdir/checkpoints` (orbax): step, all parameters, optimizer and
 spectral-norm states, the RNG and the input iterator's position. The checkpoint's `generator` item
-(gen_s and gen_t parameters) is what stage 2 restores.
+(gen_s and gen_t parameters) is what later stages load, with `checkpointing.load_generator`.
 """
 
 import csv
@@ -41,6 +42,7 @@ from alenn_jax import (
   sharding,
 )
 from alenn_jax import masks as masks_lib
+from alenn_jax.checkpointing import DATA, GENERATOR, STATE
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting
 
@@ -69,8 +71,8 @@ class TrainState:
 
 
 @dataclasses.dataclass(frozen=True)
-class Static:
-  """What the step functions close over: modules, optimizers and constants from the config."""
+class GanSetup:
+  """What stage 1's step functions close over: modules, optimizer and constants from the config."""
 
   gen_s: inpainting.Generator
   gen_t: inpainting.Generator
@@ -82,7 +84,7 @@ class Static:
   d_steps: int
   finetune_gen_s: bool
   masks: ml_collections.FrozenConfigDict
-  rtv: tuple  # Sorted (name, value) pairs of extract_structure's keyword arguments.
+  rtv: rtv.RTVParams
 
   @classmethod
   def from_config(cls, config):
@@ -99,16 +101,11 @@ class Static:
       d_steps=config.d_steps,
       finetune_gen_s=config.finetune_gen_s,
       masks=ml_collections.FrozenConfigDict(config.masks),
-      rtv=tuple(sorted(config.rtv.items())),
+      rtv=rtv.RTVParams.from_config(config.rtv),
     )
 
 
-def structure_of(images: jax.Array, static: Static) -> jax.Array:
-  """RTV structure of `[-1, 1]` images, in `[-1, 1]`."""
-  return rtv.extract_structure((images + 1.0) / 2.0, **dict(static.rtv)) * 2.0 - 1.0
-
-
-def create_train_state(config, static: Static, rng, image_size: int) -> TrainState:
+def create_train_state(config, static: GanSetup, rng, image_size: int) -> TrainState:
   """Fresh parameters and optimizer states for the four networks."""
   factor = 2**config.model.depth
   if image_size % factor:
@@ -142,15 +139,10 @@ def create_train_state(config, static: Static, rng, image_size: int) -> TrainSta
   )
 
 
-def inpaint(static: Static, gen_s_params, gen_t_params, images, structure, mask):
+def inpaint(static: GanSetup, gen_s_params, gen_t_params, images, structure, mask):
   """(S_hat, I_hat, composite) for `[B, H, W, 1]` images, structures and masks."""
-  s_hat = static.gen_s.apply(
-    {"params": gen_s_params}, inpainting.generator_inputs_s(images, structure, mask)
-  )
-  i_hat = static.gen_t.apply(
-    {"params": gen_t_params}, inpainting.generator_inputs_t(images, s_hat, mask)
-  )
-  return s_hat, i_hat, masks_lib.composite(images, i_hat, mask)
+  params = {"gen_s": gen_s_params, "gen_t": gen_t_params}
+  return inpainting.inpaint(static.gen_s, static.gen_t, params, images, structure, mask)
 
 
 def _disc_apply(module, net_params, batch_stats, x, update):
@@ -161,7 +153,7 @@ def _disc_apply(module, net_params, batch_stats, x, update):
   return module.apply(variables, x, update_stats=False), batch_stats
 
 
-def train_step(state: TrainState, batch: dict, rng, *, static: Static, phase: int):
+def train_step(state: TrainState, batch: dict, rng, *, static: GanSetup, phase: int):
   """One step of `phase` (1: gen_s/disc_s, 2: gen_t/disc_t): d_steps D updates, then one G update.
 
   Returns:
@@ -170,7 +162,7 @@ def train_step(state: TrainState, batch: dict, rng, *, static: Static, phase: in
   images = batch["image"]  # [B, H, W, 1] in [-1, 1]
   b, h, w, _ = images.shape
   mask = masks_lib.sample_masks(rng, b, h, w, static.masks)  # [B, H, W, 1], 1 = keep
-  structure = structure_of(images, static)
+  structure = rtv.structure_of(images, static.rtv)
   suffix = "s" if phase == 1 else "t"
 
   if phase == 1:
@@ -239,11 +231,11 @@ def train_step(state: TrainState, batch: dict, rng, *, static: Static, phase: in
   return new_state, step_metrics
 
 
-def repaint(static: Static, gen_s_params, gen_t_params, images, window_masks):
+def repaint(static: GanSetup, gen_s_params, gen_t_params, images, window_masks):
   """Every pixel repainted from its surroundings: each window of `window_masks` `[K, H, W, 1]` is
   hidden and inpainted in turn, and each pixel takes the mean of the inpaintings whose hole covered
   it. Returns `[B, H, W, 1]` in [-1, 1]."""
-  structure = structure_of(images, static)
+  structure = rtv.structure_of(images, static.rtv)
 
   def body(carry, mask):
     total, count = carry
@@ -256,7 +248,7 @@ def repaint(static: Static, gen_s_params, gen_t_params, images, window_masks):
   return total / jnp.maximum(count, 1.0)
 
 
-def eval_step(static: Static, gen_s_params, gen_t_params, batch, window_masks):
+def eval_step(static: GanSetup, gen_s_params, gen_t_params, batch, window_masks):
   """Per-image PSNR and SSIM (on [0, 1]) of the repainted image against the original."""
   images = batch["image"]
   repainted = repaint(static, gen_s_params, gen_t_params, images, window_masks)
@@ -268,8 +260,9 @@ def eval_step(static: Static, gen_s_params, gen_t_params, batch, window_masks):
   }
 
 
-def evaluate(config, static: Static, state: TrainState, mesh) -> dict[str, dict[str, float]]:
-  """Table 1: mean PSNR/SSIM of repainting held-out normal and abnormal images (fixed windows)."""
+def evaluate(config, static: GanSetup, gen_params, mesh) -> dict[str, dict[str, float]]:
+  """Table 1: mean PSNR/SSIM of repainting held-out normal and abnormal images (fixed windows) with
+  the generators `gen_params` ({"gen_s": ..., "gen_t": ...})."""
   size = config.data.image_size
   window_masks = jnp.asarray(
     masks_lib.window_masks(size, size, config.eval.window, config.eval.window)
@@ -284,7 +277,7 @@ def evaluate(config, static: Static, state: TrainState, mesh) -> dict[str, dict[
       if config.eval.max_batches and i >= config.eval.max_batches:
         break
       numeric = {k: batch[k] for k in ("image", "weight")}
-      out = jax.device_get(step_fn(state.gen_s.params, state.gen_t.params, numeric, window_masks))
+      out = jax.device_get(step_fn(gen_params["gen_s"], gen_params["gen_t"], numeric, window_masks))
       w = out["weight"]
       sums["psnr"] += float(np.sum(out["psnr"] * w))
       sums["ssim"] += float(np.sum(out["ssim"] * w))
@@ -303,22 +296,28 @@ def write_table1(table, workdir: str) -> str:
   return path
 
 
-def image_grid(static: Static, state: TrainState, batch: dict, rng, num: int) -> np.ndarray:
-  """Rows of (input, mask, structure, S_hat, I_hat, composite) in [0, 1]: `[num*H, 6*W]`."""
-  images = batch["image"]
-  # The first `num` images, gathered onto every device (on several hosts no process holds all).
-  mesh = images.sharding.mesh if hasattr(images.sharding, "mesh") else sharding.make_mesh()
-  images = jax.jit(lambda x: x[:num], out_shardings=sharding.replicated(mesh))(images)
-  b, h, w, _ = images.shape
-  mask = masks_lib.sample_masks(rng, b, h, w, static.masks)
-  structure = structure_of(images, static)
-  s_hat, i_hat, comp = inpaint(
-    static, state.gen_s.params, state.gen_t.params, images, structure, mask
-  )
-  panels = [images * mask, mask * 2.0 - 1.0, structure, s_hat, i_hat, comp]
-  panels = [np.asarray(jax.device_get(p))[..., 0] for p in panels]
-  rows = [np.concatenate([p[i] for p in panels], axis=1) for i in range(b)]
-  return np.clip((np.concatenate(rows, axis=0) + 1.0) / 2.0, 0.0, 1.0)
+def make_image_grid(static: GanSetup, mesh, num: int):
+  """The jitted `(gen params, images, rng) -> rows of (input, mask, structure, S_hat, I_hat,
+  composite)` in [0, 1] of the first `num` images, `[num*H, 6*W]`; built once per run. The rows are
+  replicated, so every process can read them (on several hosts no process holds all images)."""
+
+  def panels(gen_s_params, gen_t_params, images, rng):
+    images = images[:num]
+    b, h, w, _ = images.shape
+    mask = masks_lib.sample_masks(rng, b, h, w, static.masks)
+    structure = rtv.structure_of(images, static.rtv)
+    s_hat, i_hat, comp = inpaint(static, gen_s_params, gen_t_params, images, structure, mask)
+    return jnp.stack([images * mask, mask * 2.0 - 1.0, structure, s_hat, i_hat, comp])
+
+  step = jax.jit(panels, out_shardings=sharding.replicated(mesh))
+
+  def grid(state: TrainState, images, rng) -> np.ndarray:
+    p = np.asarray(jax.device_get(step(state.gen_s.params, state.gen_t.params, images, rng)))
+    p = p[..., 0]  # [6, num, H, W]
+    rows = [np.concatenate(list(p[:, i]), axis=1) for i in range(p.shape[1])]
+    return np.clip((np.concatenate(rows, axis=0) + 1.0) / 2.0, 0.0, 1.0)
+
+  return grid
 
 
 def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
@@ -326,52 +325,27 @@ def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
     save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints, create=True
   )
   return ocp.CheckpointManager(
-    os.path.join(workdir, "checkpoints"), item_names=("state", "generator", "data"), options=options
+    os.path.join(workdir, checkpointing.CHECKPOINTS),
+    item_names=checkpointing.STAGE1_ITEMS,
+    options=options,
   )
 
 
 def _save(manager, step: int, state: TrainState, data_state, force: bool = False) -> None:
-  if manager.latest_step() == step:
-    return
   generator = {"gen_s": state.gen_s.params, "gen_t": state.gen_t.params}
-  manager.save(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      generator=ocp.args.StandardSave(generator),
-      data=ocp.args.JsonSave(data_state),
-    ),
-    force=force,
-  )
-
-
-def restore_generator(workdir: str, config, step: int | None = None):
-  """(gen_s params, gen_t params, step) of a stage 1 workdir (default: the latest checkpoint)."""
-  static = Static.from_config(config)
-  template = create_train_state(config, static, jax.random.PRNGKey(0), config.data.image_size)
-  mesh = sharding.make_mesh()
-  template = jax.device_put(template, sharding.replicated(mesh))
-  abstract = checkpointing.abstract(
-    {"gen_s": template.gen_s.params, "gen_t": template.gen_t.params}
-  )
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise UserInputError(f"no stage 1 checkpoints in {directory}; train stage 1 there first.")
-  with ocp.CheckpointManager(directory, item_names=("state", "generator", "data")) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise UserInputError(f"no stage 1 checkpoint in {directory}; train stage 1 there first.")
-    restored = manager.restore(
-      step, args=ocp.args.Composite(generator=ocp.args.StandardRestore(abstract))
-    )
-  return restored.generator["gen_s"], restored.generator["gen_t"], step
+  items = {
+    STATE: ocp.args.StandardSave(state),
+    GENERATOR: ocp.args.StandardSave(generator),
+    DATA: ocp.args.JsonSave(data_state),
+  }
+  checkpointing.save(manager, step, items, force=force)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains both phases (resuming from `workdir` if it holds a checkpoint), then writes Table 1."""
   checkpointing.check_config(config, workdir, STAGE1_SHAPE_FIELDS)
   mesh = sharding.make_mesh()
-  static = Static.from_config(config)
+  static = GanSetup.from_config(config)
   total_steps = config.phase1_steps + config.phase2_steps
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   replicated = sharding.replicated(mesh)
@@ -404,14 +378,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     )
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   progress_line = progress.Progress("stage 1", total_steps, config.data.batch_size)
-  grid_batch = None
+  image_grid = make_image_grid(static, mesh, config.grid_examples)
+  grid_images = None
   stop = total_steps if config.stop_at_step < 0 else min(config.stop_at_step, total_steps)
   with preemption.watch() as should_stop:
     for step in range(start, stop):
       batch = next(train_iter)
       numeric = {k: batch[k] for k in input_pipeline.NUMERIC_KEYS}
-      if grid_batch is None:
-        grid_batch = numeric
+      if grid_images is None:
+        grid_images = numeric["image"]
       phase = 1 if step < config.phase1_steps else 2
       state, step_metrics = steps[phase](state, numeric, jax.random.fold_in(state.rng, step))
       step_metrics = jax.device_get(step_metrics)
@@ -421,9 +396,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if (step + 1) % config.log_every == 0 or step + 1 == stop:
         writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
       if (step + 1) % config.eval_every == 0 or step + 1 == stop:
-        grid = image_grid(
-          static, state, grid_batch, jax.random.PRNGKey(config.seed + 1), config.grid_examples
-        )
+        grid = image_grid(state, grid_images, jax.random.PRNGKey(config.seed + 1))
         writer.write_images(step + 1, {"train/grid": grid[None, :, :, None]})
         if jax.process_index() == 0:
           image_io.save_grey(grid, os.path.join(workdir, "images", f"grid_{step + 1:07d}.png"))
@@ -436,20 +409,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       )
       if should_stop(step + 1):
         _save(manager, step + 1, state, train_iter.get_state(), force=True)
-        manager.wait_until_finished()
-        manager.close()
-        writer.flush()
+        checkpointing.close([manager], writer)
         raise preemption.Preempted(step + 1, should_stop.signum)
-  manager.wait_until_finished()
-  manager.close()
-  writer.flush()
+  checkpointing.close([manager], writer)
   if stop == total_steps:
-    run_evaluation(config, static, state, mesh, workdir, writer, total_steps)
+    gen_params = {"gen_s": state.gen_s.params, "gen_t": state.gen_t.params}
+    run_evaluation(config, static, gen_params, mesh, workdir, writer, total_steps)
   return state
 
 
-def run_evaluation(config, static, state, mesh, workdir, writer, step) -> dict:
-  table = evaluate(config, static, state, mesh)
+def run_evaluation(config, static, gen_params, mesh, workdir, writer, step) -> dict:
+  """Table 1 of the generators `gen_params` ({"gen_s", "gen_t"}): logged, and written to
+  `workdir/report/table1.csv`."""
+  table = evaluate(config, static, gen_params, mesh)
   flat = {f"eval/{k}_{name}": v[k] for name, v in table.items() for k in ("psnr", "ssim")}
   writer.write_scalars(step, flat)
   writer.flush()
@@ -466,12 +438,8 @@ def run_evaluation(config, static, state, mesh, workdir, writer, step) -> dict:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`--mode=eval`: Table 1 for the latest (or `config.eval.checkpoint_step`) checkpoint."""
   mesh = sharding.make_mesh()
-  static = Static.from_config(config)
+  static = GanSetup.from_config(config)
   step = config.eval.checkpoint_step if config.eval.checkpoint_step >= 0 else None
-  gen_s, gen_t, step = restore_generator(workdir, config, step)
-  state = create_train_state(config, static, jax.random.PRNGKey(0), config.data.image_size)
-  state = state.replace(
-    gen_s=state.gen_s.replace(params=gen_s), gen_t=state.gen_t.replace(params=gen_t)
-  )
+  generator = checkpointing.load_generator(workdir, step, mesh)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  return run_evaluation(config, static, state, mesh, workdir, writer, step)
+  return run_evaluation(config, static, generator.params, mesh, workdir, writer, generator.step)

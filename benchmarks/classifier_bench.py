@@ -46,7 +46,7 @@ def main():
     config = stage2.get_config(f"{args.size},backbone={backbone}")
     config.model.half_precision = args.half_precision
     size = config.data.image_size
-    static = tc.Static.from_config(config)
+    static = tc.ClassifierSetup.from_config(config)
     state = tc.create_train_state(config, static, jax.random.PRNGKey(0), size)
     rng = np.random.default_rng(0)
     batch = {

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alenn_jax import localize
+from alenn_jax import localize, rtv
 from alenn_jax import masks as masks_lib
 from alenn_jax import train_inpainting as ti
 from alenn_jax.datasets.phantoms import render
@@ -28,12 +28,12 @@ MURA_ELBOW_IMAGES = 5396
 
 def setup(size_name: str, image_size: int, batch: int):
   config = stage1.get_config(size_name)
-  static = ti.Static.from_config(config)
+  static = ti.GanSetup.from_config(config)
   state = ti.create_train_state(config, static, jax.random.PRNGKey(0), image_size)
   params = {"gen_s": state.gen_s.params, "gen_t": state.gen_t.params}
   images = np.stack([render.render_phantom(i, image_size, None)[0] for i in range(batch)])
   images = jnp.asarray(images[..., None].astype(np.float32) / 127.5 - 1.0)
-  structure = jax.jit(lambda x: ti.structure_of(x, static))(images)
+  structure = jax.jit(lambda x: rtv.structure_of(x, static.rtv))(images)
   return static, params, images, structure
 
 
@@ -43,7 +43,7 @@ def time_vmapped(static, params, images, structure, window, stride, chunk, repea
       p,
       i,
       s,
-      inpaint_fn=localize.stage1_inpaint_fn(static),
+      inpaint_fn=localize.stage1_inpaint_fn(static.gen_s, static.gen_t),
       window=window,
       stride=stride,
       chunk=chunk,
@@ -57,7 +57,7 @@ def time_vmapped(static, params, images, structure, window, stride, chunk, repea
 
 
 def time_loop(static, params, images, structure, window, stride) -> float:
-  inpaint = jax.jit(localize.stage1_inpaint_fn(static))
+  inpaint = jax.jit(localize.stage1_inpaint_fn(static.gen_s, static.gen_t))
   h, w = images.shape[1:3]
   masks = jnp.asarray(masks_lib.window_masks(h, w, window, stride))
   inpaint(
@@ -105,7 +105,7 @@ def main():
     # The vmapped path inpaints `chunk` windows at a time; time such a batch at 224 px.
     static, params, images, structure = setup(size_name, 224, n)
     mask = jnp.broadcast_to(jnp.asarray(masks_lib.window_masks(224, 224, 32, 16)[:n]), images.shape)
-    inpaint = jax.jit(localize.stage1_inpaint_fn(static))
+    inpaint = jax.jit(localize.stage1_inpaint_fn(static.gen_s, static.gen_t))
     inpaint(params, images, structure, mask).block_until_ready()
     t0 = time.perf_counter()
     inpaint(params, images, structure, mask).block_until_ready()

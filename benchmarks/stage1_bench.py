@@ -50,7 +50,7 @@ def main():
   print("|---|---|---|---|---|---|---|---|---|")
   for size in args.image_sizes:
     config = stage1.get_config(args.size)
-    static = ti.Static.from_config(config)
+    static = ti.GanSetup.from_config(config)
     images = (
       np.stack([render.render_phantom(i, size, None)[0] for i in range(args.batch)]).astype(
         np.float32

@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stage1.phase2_steps = 300
     config.stage1.eval_every = 250
     config.stage1.checkpoint_every = 100
+    config.localize.window = config.stage1.masks.window
     config.localize.stride = config.localize.window
     for b in BACKBONES:
       config.stage2[b].num_train_steps = 300

@@ -9,7 +9,6 @@ import textwrap
 
 from absl.testing import absltest
 
-from alenn_jax import train_inpainting as ti
 from configs import stage1
 from tests import helpers
 
@@ -64,7 +63,7 @@ class FaultToleranceTest(helpers.PhantomsTestCase):
     assert done.returncode == 0, done.stderr[-3000:]
 
   def final_generator(self, workdir):
-    return ti.restore_generator(workdir, smoke_config(self.data_dir))
+    return helpers.stage1_generator(workdir)
 
   def test_sigterm_saves_stops_and_the_resumed_run_matches(self):
     workdir = os.path.join(self.tmp, "preempted")

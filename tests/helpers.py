@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from absl.testing import parameterized
 
-from alenn_jax import datasets
+from alenn_jax import checkpointing, datasets
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -50,3 +50,10 @@ def leaves_equal(a, b) -> bool:
     np.array_equal(np.asarray(x), np.asarray(y))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
   )
+
+
+def stage1_generator(workdir: str):
+  """(gen_s params, gen_t params, step) of the stage 1 run in `workdir`, loaded from its stored
+  config as later stages load it."""
+  generator = checkpointing.load_generator(workdir)
+  return generator.params["gen_s"], generator.params["gen_t"], generator.step

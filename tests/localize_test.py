@@ -8,9 +8,10 @@ import numpy as np
 from absl.testing import absltest, parameterized
 from sklearn import metrics as skm
 
-from alenn_jax import localize, report
+from alenn_jax import checkpointing, le_maps, localize, report
 from alenn_jax import masks as masks_lib
 from alenn_jax import train_inpainting as ti
+from alenn_jax.errors import UserInputError
 from configs import localize as localize_config
 from configs import stage1
 from tests import helpers
@@ -34,13 +35,13 @@ class DifferenceMapTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     config = stage1.get_config("smoke")
-    cls.static = ti.Static.from_config(config)
+    cls.static = ti.GanSetup.from_config(config)
     state = ti.create_train_state(config, cls.static, jax.random.PRNGKey(0), 16)
     cls.params = {"gen_s": state.gen_s.params, "gen_t": state.gen_t.params}
     rng = np.random.default_rng(0)
     cls.images = jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 1)), jnp.float32)
     cls.structure = jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 1)), jnp.float32)
-    cls.inpaint_fn = staticmethod(localize.stage1_inpaint_fn(cls.static))
+    cls.inpaint_fn = staticmethod(localize.stage1_inpaint_fn(cls.static.gen_s, cls.static.gen_t))
 
   def run_map(self, chunk, window=8, stride=4, inpaint_fn=None):
     fn = jax.jit(
@@ -71,7 +72,7 @@ class DifferenceMapTest(parameterized.TestCase):
 
   def test_le_map_uses_one_scale_and_clips(self):
     d = np.array([[0.0, 0.05], [0.1, 0.4]])
-    np.testing.assert_allclose(localize.le_map(d, 0.1), [[0, 0.5], [1, 1]])
+    np.testing.assert_allclose(le_maps.le_map(d, 0.1), [[0, 0.5], [1, 1]])
 
 
 class ScoresTest(absltest.TestCase):
@@ -121,17 +122,19 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     ti.train_and_evaluate(config, cls.workdir)
 
   def config(self):
-    config = localize_config.get_config("smoke")
-    config.data.data_dir = self.data_dir
-    config.stage1.data.data_dir = self.data_dir
-    config.stage1.phase1_steps = 1
-    config.stage1.phase2_steps = 1
-    return config
+    # Nothing about stage 1: the generator, dataset and image size come from the stage 1 run.
+    return localize_config.get_config("smoke")
 
   def test_maps_every_split_writes_report_and_resumes(self):
+    self.assertNotIn("stage1", self.config())
     result = localize.run(self.config(), self.workdir)
     self.assertEqual(result["images"], {"train": 32, "test": 16, "validation": 16})
-    maps = localize.read_le_maps(self.workdir, "validation")
+    stored = checkpointing.read_stored_config(self.workdir, "localize", "localize run")
+    self.assertEqual(stored.data.name, "phantoms/px64")
+    self.assertEqual(stored.data.data_dir, self.data_dir)
+    self.assertEqual((stored.data.image_size, stored.window, stored.stride), (32, 8, 4))
+    self.assertEqual(stored.report.split, "validation")
+    maps = le_maps.read_le_maps(self.workdir, "validation")
     self.assertLen(maps, 16)
     for le in maps.values():
       self.assertEqual(le.shape, (32, 32))
@@ -148,11 +151,20 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     os.remove(os.path.join(self.workdir, "le_maps", "train", "shard_00001.npz"))
     localize.run(self.config(), self.workdir)  # Resumes: only the missing shard is computed.
     self.assertEqual(os.path.getmtime(shard), before)
-    self.assertLen(localize.read_le_maps(self.workdir, "train"), 32)
+    self.assertLen(le_maps.read_le_maps(self.workdir, "train"), 32)
 
-  def test_missing_maps_are_a_clear_error(self):
-    with self.assertRaisesRegex(Exception, "run the localize job|no LE maps"):
-      localize.read_le_maps(os.path.join(self.tmp, "nothing"), "train")
+  def test_missing_maps_or_generator_are_a_clear_error(self):
+    with self.assertRaisesRegex(UserInputError, "run the localize job|no LE maps"):
+      le_maps.read_le_maps(os.path.join(self.tmp, "nothing"), "train")
+    with self.assertRaisesRegex(UserInputError, "nothing holds no stage 1 run"):
+      localize.run(self.config(), os.path.join(self.tmp, "nothing"))
+
+  def test_stride_larger_than_the_window_is_refused(self):
+    config = self.config()
+    config.init_from = self.workdir
+    config.window, config.stride = 8, 9
+    with self.assertRaisesRegex(UserInputError, "config.stride=9 is larger than config.window=8"):
+      localize.run(config, os.path.join(self.tmp, "bad_stride"))
 
 
 if __name__ == "__main__":

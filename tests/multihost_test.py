@@ -12,7 +12,6 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
-from alenn_jax import train_inpainting as ti
 from configs import stage1
 from tests import helpers
 
@@ -102,8 +101,8 @@ class MultiHostTest(helpers.PhantomsTestCase):
     # ... and the two-process checkpoint restores here (one process, 8 devices) with the same
     # parameters. Adam turns rounding noise in near-zero gradients (biases before instance norm)
     # into steps of about the learning rate, so parameters agree to lr per step, not to rounding.
-    gen_s, gen_t, step = ti.restore_generator(multi, self.config())
-    ref_s, ref_t, ref_step = ti.restore_generator(single, self.config())
+    gen_s, gen_t, step = helpers.stage1_generator(multi)
+    ref_s, ref_t, ref_step = helpers.stage1_generator(single)
     self.assertEqual(step, STOP)
     self.assertEqual(ref_step, STOP)
     bound = 2 * self.config().optimizer.learning_rate * STOP

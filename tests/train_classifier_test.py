@@ -11,7 +11,8 @@ import jax
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from alenn_jax import input_pipeline, localize, sharding
+from alenn_jax import checkpointing, input_pipeline, localize, sharding
+from alenn_jax import fusion as fusion_lib
 from alenn_jax import train_classifier as tc
 from alenn_jax import train_inpainting as ti
 from alenn_jax.errors import UserInputError
@@ -30,11 +31,7 @@ class ClassifierTest(helpers.PhantomsTestCase):
     s1.data.data_dir = cls.data_dir
     s1.phase1_steps, s1.phase2_steps, s1.stop_at_step = 1, 1, 2
     ti.train_and_evaluate(s1, cls.le_workdir)
-    loc = localize_config.get_config("smoke")
-    loc.data.data_dir = cls.data_dir
-    loc.stage1.data.data_dir = cls.data_dir
-    loc.stage1.phase1_steps, loc.stage1.phase2_steps = 1, 1
-    localize.run(loc, cls.le_workdir)
+    localize.run(localize_config.get_config("smoke"), cls.le_workdir)
 
   def config(self, backbone="resnet50", fusion="none"):
     config = stage2.get_config(f"smoke,backbone={backbone},fusion={fusion}")
@@ -44,7 +41,7 @@ class ClassifierTest(helpers.PhantomsTestCase):
 
   def test_train_step_compiles_once_and_learns(self):
     config = self.config(fusion="enhance")
-    static = tc.Static.from_config(config)
+    static = tc.ClassifierSetup.from_config(config)
     mesh = sharding.make_mesh()
     replicated = sharding.replicated(mesh)
     state = jax.device_put(
@@ -75,7 +72,7 @@ class ClassifierTest(helpers.PhantomsTestCase):
   def test_smoke_trains_writes_table2_and_eval_reproduces_validation(self, fusion):
     config = self.config(fusion=fusion)
     workdir = os.path.join(self.tmp, f"run_{fusion}")
-    tc.train_and_evaluate(config, workdir)
+    state = tc.train_and_evaluate(config, workdir)
     report = os.path.join(workdir, "report")
     for name in ("table2.csv", "fig4_roc.png", "metrics_test.json", "predictions_test.csv"):
       self.assertTrue(os.path.exists(os.path.join(report, name)), name)
@@ -88,19 +85,40 @@ class ClassifierTest(helpers.PhantomsTestCase):
       self.assertTrue(np.isfinite(float(rows[0][key])), key)
     self.assertEqual(int(rows[0]["n"]), 16)  # eval.max_batches=2 of 8.
 
-    # --mode=eval on the best checkpoint reproduces the validation numbers stored with it.
-    _, _, best_step, stored = tc.restore_model(
-      workdir,
-      config,
-      tc.Static.from_config(config),
-      tc.create_train_state(config, tc.Static.from_config(config), jax.random.PRNGKey(0), 32),
-      None,
-    )
+    # The hand-over: the best classifier from the workdir's stored config alone; --mode=eval on it
+    # reproduces the validation numbers stored with it.
+    best = checkpointing.load_classifier(workdir)
+    self.assertEqual(best.config.backbone, "resnet50")
+    self.assertEqual(best.config.fusion, fusion)
     config.eval.split = "validation"
     scores = tc.evaluate_checkpoint(config, workdir)
-    self.assertEqual(json.loads(json.dumps(scores)), stored)
+    self.assertEqual(json.loads(json.dumps(scores)), best.metrics)
     with open(os.path.join(report, "metrics_validation.json")) as f:
-      self.assertEqual(json.load(f)["step"], best_step)
+      self.assertEqual(json.load(f)["step"], best.step)
+    # The latest checkpoint's weights, without its optimizer state, equal the trained state's.
+    latest = checkpointing.load_classifier(workdir, "latest")
+    self.assertEqual(latest.step, 4)
+    self.assertTrue(helpers.leaves_equal(latest.params, state.params))
+    self.assertTrue(helpers.leaves_equal(latest.batch_stats, state.batch_stats))
+    # Its probabilities are the evaluation's.
+    maps = tc.load_le_maps(config, workdir, "validation")
+    batch = next(
+      iter(
+        input_pipeline.eval_iterator(
+          config.data, sharding.make_mesh(), "validation", labels=(0, 1), le_maps=maps
+        )
+      )
+    )
+    inputs = fusion_lib.fuse(batch["image"], batch.get("le"), fusion, config.gamma)
+    np.testing.assert_allclose(
+      np.asarray(best.probabilities(inputs)),
+      np.asarray(
+        tc.eval_step(tc.ClassifierSetup.from_config(config), best.params, best.batch_stats, batch)
+      ),
+      atol=1e-6,
+    )
+    with self.assertRaisesRegex(UserInputError, "use 'best', 'latest' or one of the steps"):
+      checkpointing.load_classifier(workdir, 3)
 
   def test_resumed_run_ends_with_the_same_params(self):
     config = self.config()
@@ -124,8 +142,9 @@ class ClassifierTest(helpers.PhantomsTestCase):
       tc.train_and_evaluate(config, os.path.join(self.tmp, "never"))
 
   def test_eval_without_checkpoints_is_a_clear_error(self):
-    with self.assertRaisesRegex(UserInputError, "no classifier checkpoints"):
-      tc.evaluate_checkpoint(self.config(), os.path.join(self.tmp, "empty"))
+    empty = os.path.join(self.tmp, "empty")
+    with self.assertRaisesRegex(UserInputError, f"{empty} holds no classifier run"):
+      tc.evaluate_checkpoint(self.config(), empty)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
-from alenn_jax import sharding
+from alenn_jax import checkpointing, rtv, sharding
 from alenn_jax import train_inpainting as ti
+from alenn_jax.errors import UserInputError
 from configs import stage1
 from tests import helpers
 
@@ -24,7 +25,7 @@ def smoke_config(data_dir: str):
 class TrainStepTest(absltest.TestCase):
   def test_compiles_once_metrics_finite_and_only_the_phase_nets_change(self):
     config = smoke_config("/unused")
-    static = ti.Static.from_config(config)
+    static = ti.GanSetup.from_config(config)
     mesh = sharding.make_mesh()
     state = ti.create_train_state(config, static, jax.random.PRNGKey(0), 32)
     state = jax.device_put(state, sharding.replicated(mesh))
@@ -88,11 +89,17 @@ class TrainAndEvaluateTest(helpers.PhantomsTestCase):
     state_b = ti.train_and_evaluate(smoke_config(self.data_dir), workdir_b)
     self.assertTrue(helpers.leaves_equal(jax.device_get(state_a), jax.device_get(state_b)))
 
-    # Stage 2's hand-over: the generator item alone.
-    gen_s, gen_t, step = ti.restore_generator(workdir_a, config)
-    self.assertEqual(step, 6)
-    self.assertTrue(helpers.leaves_equal(gen_s, state_a.gen_s.params))
-    self.assertTrue(helpers.leaves_equal(gen_t, state_a.gen_t.params))
+    # Stage 2's hand-over: the generators alone, from the config stored in the workdir.
+    generator = checkpointing.load_generator(workdir_a)
+    self.assertEqual(generator.step, 6)
+    self.assertEqual(generator.image_size, config.data.image_size)
+    self.assertTrue(helpers.leaves_equal(generator.params["gen_s"], state_a.gen_s.params))
+    self.assertTrue(helpers.leaves_equal(generator.params["gen_t"], state_a.gen_t.params))
+    self.assertEqual(generator.rtv, rtv.RTVParams.from_config(config.rtv))
+    earlier = checkpointing.load_generator(workdir_a, step=4)
+    self.assertEqual(earlier.step, 4)
+    with self.assertRaisesRegex(UserInputError, "no stage 1 checkpoint of step 5"):
+      checkpointing.load_generator(workdir_a, step=5)
 
     # --mode=eval reproduces the table written at the end of training.
     table = ti.evaluate_checkpoint(config, workdir_a)
@@ -108,13 +115,19 @@ class TrainAndEvaluateTest(helpers.PhantomsTestCase):
     exploding.optimizer.learning_rate = 1e38  # The first update overflows.
     with self.assertRaisesRegex(FloatingPointError, "non-finite loss at step 2.*step 2. is intact"):
       ti.train_and_evaluate(exploding, workdir)
-    gen_s, _, step = ti.restore_generator(workdir, config)
+    gen_s, _, step = helpers.stage1_generator(workdir)
     self.assertEqual(step, 2)
     self.assertTrue(helpers.leaves_equal(gen_s, good.gen_s.params))
 
-  def test_missing_checkpoint_is_a_clear_error(self):
-    with self.assertRaisesRegex(Exception, "train stage 1 there first"):
-      ti.restore_generator(os.path.join(self.tmp, "empty"), smoke_config(self.data_dir))
+  def test_a_workdir_without_a_run_or_a_checkpoint_is_one_clear_error(self):
+    empty = os.path.join(self.tmp, "empty")
+    with self.assertRaisesRegex(UserInputError, f"{empty} holds no stage 1 run"):
+      checkpointing.load_generator(empty)
+    # A stored config but no checkpoint yet (the run was stopped before its first save).
+    config = smoke_config(self.data_dir)
+    checkpointing.check_config(config, empty, ti.STAGE1_SHAPE_FIELDS)
+    with self.assertRaisesRegex(UserInputError, "no stage 1 checkpoint in .*train stage 1"):
+      checkpointing.load_generator(empty)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ CPU-sized variants run the same code as the published networks.
 import dataclasses
 
 import flax.linen as nn
+import jax.numpy as jnp
 
+from alenn_jax.errors import UserInputError
 from alenn_jax.models.densenet import DenseNet
 from alenn_jax.models.inception import InceptionV3
 from alenn_jax.models.resnet import ResNet
@@ -44,3 +46,22 @@ def get_backbone(name: str, num_classes: int, **overrides) -> nn.Module:
       f"{', '.join(sorted(fields))}."
     )
   return cls(num_classes=num_classes, **overrides)
+
+
+# Fields of a classifier's `config.model` that are not the backbone module's own.
+_NOT_MODULE_FIELDS = ("pretrained", "half_precision")
+
+
+def classifier_from_config(config) -> nn.Module:
+  """The 1-logit backbone a classifier config describes (`config.backbone`, `config.model`)."""
+  overrides = {
+    k: tuple(v) if isinstance(v, list) else v
+    for k, v in config.model.items()
+    if k not in _NOT_MODULE_FIELDS
+  }
+  if config.model.half_precision:
+    overrides["dtype"] = jnp.bfloat16
+  try:
+    return get_backbone(config.backbone, 1, **overrides)
+  except (ValueError, TypeError) as e:
+    raise UserInputError(f"config.model: {e}") from None

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from alenn_jax import masks
+
 # Sizes: width (channels of the first layer), depth (stride-2 downsamplings), residual blocks.
 SIZES = {
   "full": dict(width=64, depth=3, num_res=7, disc_width=64),  # Near StructureFlow's (~36 M).
@@ -127,3 +129,28 @@ def generator_inputs_s(image, structure, mask):
 def generator_inputs_t(image, structure_hat, mask):
   """[E(I, M), S_hat, M] for gen_t."""
   return jnp.concatenate([image * mask, structure_hat, mask], axis=-1)
+
+
+def inpaint(gen_s: Generator, gen_t: Generator, params, images, structure, mask):
+  """(S_hat, I_hat, composite) of the two-step repainting, all `[B, H, W, 1]` in [-1, 1].
+
+  Args:
+    gen_s, gen_t: the generator modules.
+    params: {"gen_s": ..., "gen_t": ...} their parameters.
+    images, structure: `[B, H, W, 1]` images and their RTV structure.
+    mask: `[B, H, W, 1]`, 1 = keep, 0 = hole; the composite keeps the known pixels exactly.
+  """
+  s_hat = gen_s.apply({"params": params["gen_s"]}, generator_inputs_s(images, structure, mask))
+  i_hat = gen_t.apply({"params": params["gen_t"]}, generator_inputs_t(images, s_hat, mask))
+  return s_hat, i_hat, masks.composite(images, i_hat, mask)
+
+
+def generator_shapes(config: ml_collections.ConfigDict, image_size: int):
+  """{"gen_s": ..., "gen_t": ...} parameter shapes (`jax.ShapeDtypeStruct`s) of `config`'s
+  generators at `image_size`, computed without allocating parameters."""
+  gen_s, gen_t, _, _ = build(config)
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  key = jax.random.PRNGKey(0)
+  return jax.eval_shape(
+    lambda x: {"gen_s": gen_s.init(key, x)["params"], "gen_t": gen_t.init(key, x)["params"]}, x
+  )

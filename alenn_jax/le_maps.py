@@ -1,0 +1,84 @@
+"""The LE-map storage format: written by the localize job, read by the report, the classifiers and
+anything else that uses a localize workdir's maps.
+
+A localize workdir W holds, per split, `W/le_maps/<split>/shard_XXXXX.npz`, each with `ids` (str
+[N]), `shapes` (int32 [N, 2]) and `offsets` (int64 [N + 1]) into `data` (float16, the difference
+maps D of all N images flattened, each cropped back to the image inside the letterbox square), and
+`W/le_maps/scale.json`: the dataset-level constant that turns D into the LE map,
+LE = clip(D / scale, 0, 1). Never normalised per image: that would invent a lesion in every normal
+image.
+"""
+
+import glob
+import json
+import os
+
+import numpy as np
+
+from alenn_jax import image_io
+from alenn_jax.errors import UserInputError
+
+LE_MAPS = "le_maps"  # The folder of a localize workdir that holds the maps.
+
+
+def shard_path(workdir: str, split: str, index: int) -> str:
+  return os.path.join(workdir, LE_MAPS, split, f"shard_{index:05d}.npz")
+
+
+def scale_path(workdir: str) -> str:
+  return os.path.join(workdir, LE_MAPS, "scale.json")
+
+
+def le_map(d: np.ndarray, scale: float) -> np.ndarray:
+  """LE = clip(D / scale, 0, 1) with the dataset-level `scale`."""
+  return np.clip(np.asarray(d, np.float32) / scale, 0.0, 1.0)
+
+
+def write_shard(path: str, ids, maps) -> None:
+  """Stores the `[h, w]` maps of `ids` in one shard (atomically)."""
+  shapes = np.asarray([m.shape for m in maps], np.int32).reshape(-1, 2)
+  offsets = np.concatenate([[0], np.cumsum([m.size for m in maps])]).astype(np.int64)
+  data = (
+    np.concatenate([m.ravel() for m in maps]).astype(np.float16)
+    if maps
+    else np.zeros(0, np.float16)
+  )
+  with image_io.atomic_open(path, "wb") as f:
+    np.savez(f, ids=np.asarray(ids, dtype=str), shapes=shapes, offsets=offsets, data=data)
+
+
+def read_difference_maps(workdir: str, split: str) -> dict[str, np.ndarray]:
+  """id -> D (float32 `[h, w]`, the image's own letterboxed extent) of every shard of `split`."""
+  files = sorted(glob.glob(os.path.join(workdir, LE_MAPS, split, "shard_*.npz")))
+  if not files:
+    raise UserInputError(
+      f"no LE maps for split {split!r} in {workdir}/{LE_MAPS}; run "
+      f"python launch.py --config=configs/localize.py --workdir={workdir} first."
+    )
+  out = {}
+  for path in files:
+    with np.load(path) as shard:
+      ids, shapes, offsets, data = shard["ids"], shard["shapes"], shard["offsets"], shard["data"]
+    for i, example_id in enumerate(ids):
+      out[str(example_id)] = data[offsets[i] : offsets[i + 1]].astype(np.float32).reshape(shapes[i])
+  return out
+
+
+def write_scale(workdir: str, scale: float, **details) -> None:
+  image_io.write_text(scale_path(workdir), json.dumps({"scale": scale, **details}))
+
+
+def read_scale(workdir: str) -> float:
+  path = scale_path(workdir)
+  if not os.path.exists(path):
+    raise UserInputError(
+      f"no {path}; run the localize job (configs/localize.py) on {workdir} first."
+    )
+  with open(path) as f:
+    return float(json.load(f)["scale"])
+
+
+def read_le_maps(workdir: str, split: str) -> dict[str, np.ndarray]:
+  """id -> LE map in [0, 1] for `split`, what stage 2 fuses with the images."""
+  scale = read_scale(workdir)
+  return {k: le_map(v, scale) for k, v in read_difference_maps(workdir, split).items()}
