@@ -4,12 +4,23 @@ Dispatches on `config.trainer`. Everything else lives in the `alenn_jax` package
 """
 
 import os
+import re
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from alenn_jax import (
+  config_checks,
+  localize,
+  pipeline,
+  rtv_demo,
+  train_classifier,
+  train_inpainting,
+)
 from alenn_jax.errors import UserInputError
+from alenn_jax.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -49,8 +60,6 @@ class _QuietCheckpointLogs(logging.logging.Filter):
 
 def _trainers():
   """config.trainer -> {mode: function(config, workdir)}; the first mode is the default."""
-  from alenn_jax import localize, pipeline, rtv_demo, train_classifier, train_inpainting
-
   return {
     "inpainting": {
       "train": train_inpainting.train_and_evaluate,
@@ -80,6 +89,14 @@ def _check_writable(workdir: str) -> None:
     ) from None
 
 
+def _user_error(e: UserInputError):
+  """One `error:` line and exit status 2; the traceback too with --verbosity=1."""
+  if logging.get_verbosity() >= 1:
+    logging.exception("user input error")
+  print(f"error: {e}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -98,7 +115,10 @@ def main(argv):
       f"--mode={mode!r} is not a mode of trainer {trainer!r}; valid modes: {', '.join(modes)}."
     )
 
-  import jax
+  try:
+    config_checks.validate(config)
+  except UserInputError as e:
+    _user_error(e)
 
   if logging.get_verbosity() < 1:
     logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
@@ -121,34 +141,46 @@ def main(argv):
   )
   workdir = os.path.abspath(_WORKDIR.value)
   logging.info("trainer=%s mode=%s workdir=%s\n%s", trainer, mode, workdir, config)
-  from alenn_jax.preemption import Preempted
 
   try:
     if jax.process_index() == 0:
       _check_writable(workdir)
     modes[mode](config, workdir)
   except UserInputError as e:
-    if logging.get_verbosity() >= 1:
-      logging.exception("user input error")
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _user_error(e)
   except Preempted as e:
     logging.warning("%s", e)
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(128 + e.signum)
 
 
+def _verbose(argv) -> bool:
+  return any(a.startswith(("--verbosity=1", "--verbosity=2", "-v=1", "-v=2")) for a in argv)
+
+
+def _last_error_line(message: str) -> str:
+  """The exception line at the end of a message that embeds a traceback (ml_collections reports
+  an error raised by a config file's get_config so), without its exception class."""
+  lines = [line for line in message.strip().splitlines() if line.strip()]
+  return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else message
+
+
 def _parse_flags(argv):
-  """absl's flag parsing, with a misspelt or mistyped `--config.` override reported on one line
-  (exit status 2) instead of a traceback; `--verbosity=1` keeps the traceback."""
+  """absl's flag parsing, with a misspelt or mistyped `--config.` override, or a config argument
+  its file refuses (`configs/stage2.py:smoke,backbone=x`), reported on one line (exit status 2)
+  instead of a traceback; `--verbosity=1` keeps the traceback."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
+    message = str(e)
+    if "Traceback (most recent call last)" in message and not _verbose(argv):
+      flag = re.match(r"flag (\S+): ", message)
+      detail = re.sub(r"^configs/\w+\.py: ", "", _last_error_line(message))
+      message = f"{flag.group(1)}: {detail}" if flag else detail
+    print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    if any(a.startswith(("--verbosity=1", "--verbosity=2", "-v=1", "-v=2")) for a in argv):
+    if _verbose(argv):
       raise
     message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
     overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]

@@ -11,6 +11,8 @@ enhanced pixel may exceed 1: that is the enhancement).
 import jax
 import jax.numpy as jnp
 
+from alenn_jax.errors import UserInputError
+
 MODES = ("none", "enhance", "channels")
 
 
@@ -21,7 +23,7 @@ def num_channels(mode: str) -> int:
 
 def check_mode(mode: str) -> None:
   if mode not in MODES:
-    raise ValueError(f"config.fusion={mode!r} is unknown; use one of {', '.join(MODES)}.")
+    raise UserInputError(f"config.fusion={mode!r} is unknown; use one of {', '.join(MODES)}.")
 
 
 def fuse(images: jax.Array, le: jax.Array | None, mode: str, gamma: float = 1.0) -> jax.Array:

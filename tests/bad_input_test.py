@@ -7,7 +7,7 @@ launch_test.py.)"""
 import os
 
 import jax
-from absl.testing import absltest
+from absl.testing import absltest, parameterized
 
 from alenn_jax import checkpointing, input_pipeline, sharding
 from alenn_jax import train_classifier as tc
@@ -19,7 +19,7 @@ from tests import helpers
 REPO = helpers.REPO
 
 
-class LaunchErrorsTest(absltest.TestCase):
+class LaunchErrorsTest(parameterized.TestCase):
   def assert_one_line_error(self, result, *needles):
     self.assertEqual(result.returncode, 2, result.stderr[-2000:])
     self.assertNotIn("Traceback", result.stderr)
@@ -49,6 +49,28 @@ class LaunchErrorsTest(absltest.TestCase):
     result = helpers.launch("--config=configs/rtv_demo.py:smoke", f"--workdir={workdir}")
     self.assert_one_line_error(result, f"--workdir={workdir} is not a writable directory")
 
+  @parameterized.named_parameters(
+    ("argument_backbone", "configs/stage2.py:smoke,backbone=alexnet", (), "backbone='alexnet'"),
+    ("argument_fusion", "configs/stage2.py:smoke,fusion=enhanse", (), "fusion='enhanse'"),
+    ("argument_size", "configs/stage1.py:tiny", (), "unknown argument 'tiny'"),
+    ("override_fusion", "configs/stage2.py:smoke", ("--config.fusion=enhanse",), "fusion="),
+    (
+      "nested_backbone",
+      "configs/pipeline.py:smoke",
+      ("--config.stage2.vgg19.backbone=alexnet",),
+      "config.stage2.vgg19.backbone='alexnet'",
+    ),
+    (
+      "localize_stride",
+      "configs/localize.py:smoke",
+      ("--config.window=8", "--config.stride=9"),
+      "config.stride=9",
+    ),
+  )
+  def test_enum_like_fields_are_one_line(self, config, overrides, needle):
+    result = helpers.launch(f"--config={config}", "--workdir=/tmp/unused_enum", *overrides)
+    self.assert_one_line_error(result, needle)
+
   def test_verbosity_1_keeps_the_traceback(self):
     result = helpers.launch(
       "--config=configs/rtv_demo.py:smoke",
@@ -63,7 +85,7 @@ class LaunchErrorsTest(absltest.TestCase):
 class TrainerErrorsTest(helpers.PhantomsTestCase):
   def test_image_size_not_divisible_by_the_generator_stride(self):
     config = stage1.get_config("smoke")
-    static = ti.Static.from_config(config)
+    static = ti.GanSetup.from_config(config)
     with self.assertRaisesRegex(
       UserInputError, r"config.data.image_size=34 is not divisible by 2\*\*config.model.depth = 4"
     ):
@@ -72,7 +94,7 @@ class TrainerErrorsTest(helpers.PhantomsTestCase):
   def test_image_too_small_for_a_backbone(self):
     config = stage2.get_config("full,backbone=inception_v3")
     config.data.image_size = 64
-    static = tc.Static.from_config(config)
+    static = tc.ClassifierSetup.from_config(config)
     with self.assertRaisesRegex(
       UserInputError, "image_size=64 is too small for backbone 'inception_v3'.*small_input=True"
     ):

@@ -1,0 +1,103 @@
+"""Checks of a whole config before any job starts: every enum-like or bounded field, wherever it
+sits (a stage's own config or a block of the pipeline's), so a typo in an override or a config
+argument is one line naming the field instead of a traceback minutes into a run.
+
+`validate(config)` walks the config and checks each field it knows by name:
+
+  backbone / backbones   one of models.BACKBONES
+  fusion / fusions       one of fusion.MODES
+  masks.weights          one non-negative probability per mask kind (masks.KINDS), not all zero
+  rtv.*                  RTV parameters: positive (n_iter and max_cg_iters >= 1)
+  image_size, batch_size positive (a localize config's image_size may be 0: the stage 1 run's)
+  window, stride         a localize config's: 1 <= stride <= window (0: stage 1's defaults)
+"""
+
+import dataclasses
+
+import ml_collections
+
+from alenn_jax import fusion, masks, models, rtv
+from alenn_jax.errors import UserInputError
+
+
+def _fail(path: str, value, expected: str):
+  raise UserInputError(f"{path}={value!r} is not valid; {expected}.")
+
+
+def _check_choice(path: str, value, choices) -> None:
+  if value not in choices:
+    _fail(path, value, f"use one of {', '.join(choices)}")
+
+
+def _check_choices(path: str, values, choices) -> None:
+  if isinstance(values, str) or not values:
+    _fail(path, values, f"give a non-empty tuple of {', '.join(choices)}")
+  for value in values:
+    if value not in choices:
+      _fail(path, value, f"each entry must be one of {', '.join(choices)}")
+
+
+def _check_mask_weights(path: str, weights) -> None:
+  expected = f"give {len(masks.KINDS)} non-negative probabilities, one per kind {masks.KINDS}"
+  try:
+    values = [float(w) for w in weights]
+  except (TypeError, ValueError):
+    _fail(path, weights, expected)
+  if len(values) != len(masks.KINDS) or min(values) < 0 or sum(values) <= 0:
+    _fail(path, weights, expected)
+
+
+def _check_rtv(path: str, block) -> None:
+  names = [f.name for f in dataclasses.fields(rtv.RTVParams)]
+  for name in block:
+    if name not in names:
+      _fail(f"{path}.{name}", block[name], f"config.rtv has the fields {', '.join(names)}")
+  for name in names:
+    if name in block:
+      value = block[name]
+      integer = name in ("n_iter", "max_cg_iters")
+      if not isinstance(value, int | float) or value <= 0 or (integer and value < 1):
+        _fail(f"{path}.{name}", value, "it must be positive" + (" (an integer)" if integer else ""))
+
+
+def _check_positive(path: str, value, allow_zero: bool = False) -> None:
+  if not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
+    note = " (or 0: inherited)" if allow_zero else ""
+    _fail(path, value, f"it must be a positive integer{note}")
+
+
+def validate(
+  config: ml_collections.ConfigDict, path: str = "config", inherits: bool = False
+) -> None:
+  """Raises a UserInputError naming the first invalid field of `config` (recursively).
+  `inherits`: `config` is a localize job's data block, whose image_size may be 0."""
+  is_localize = config.get("trainer") == "localize"
+  for key in config:
+    value = config[key]
+    where = f"{path}.{key}"
+    if key == "backbone":
+      _check_choice(where, value, tuple(models.BACKBONES))
+    elif key == "backbones":
+      _check_choices(where, value, tuple(models.BACKBONES))
+    elif key == "fusion":
+      _check_choice(where, value, fusion.MODES)
+    elif key == "fusions":
+      _check_choices(where, value, fusion.MODES)
+    elif key == "masks" and isinstance(value, ml_collections.ConfigDict):
+      _check_mask_weights(f"{where}.weights", value.get("weights", ()))
+    elif key == "rtv" and isinstance(value, ml_collections.ConfigDict):
+      _check_rtv(where, value)
+    elif key in ("image_size", "batch_size") and not isinstance(value, ml_collections.ConfigDict):
+      _check_positive(where, value, allow_zero=key == "image_size" and inherits)
+    if isinstance(value, ml_collections.ConfigDict):
+      validate(value, where, inherits=is_localize and key == "data")
+  if is_localize:
+    window, stride = config.get("window", 0), config.get("stride", 0)
+    _check_positive(f"{path}.window", window, allow_zero=True)
+    _check_positive(f"{path}.stride", stride, allow_zero=True)
+    if window and stride > window:
+      _fail(
+        f"{path}.stride",
+        stride,
+        f"pixels between windows would never be repainted; use 1 <= stride <= window ({window})",
+      )

@@ -1,0 +1,56 @@
+"""Whole-config checks: each enum-like or bounded field, wherever it sits, is refused with its
+dotted name; the shipped configs pass."""
+
+from absl.testing import absltest, parameterized
+
+from alenn_jax import config_checks
+from alenn_jax.errors import UserInputError
+from configs import localize, pipeline, rtv_demo, stage1, stage2
+
+
+class ValidateTest(parameterized.TestCase):
+  @parameterized.parameters(
+    (stage1, "smoke"),
+    (stage1, "full"),
+    (stage2, "small,backbone=inception_v3,fusion=channels"),
+    (localize, "smoke"),
+    (pipeline, "small"),
+    (rtv_demo, "smoke"),
+  )
+  def test_shipped_configs_pass(self, module, arg):
+    config_checks.validate(module.get_config(arg))
+
+  @parameterized.named_parameters(
+    ("backbone", stage2, "smoke", "backbone", "vgg", r"config.backbone='vgg'"),
+    ("fusion", stage2, "smoke", "fusion", "enhanse", r"config.fusion='enhanse'"),
+    ("fusions", pipeline, "smoke", "fusions", ("none", "x"), r"config.fusions='x'"),
+    ("backbones", pipeline, "smoke", "backbones", ("vgg19", "vgg"), r"config.backbones='vgg'"),
+    ("mask_weights", stage1, "smoke", "masks.weights", (1.0, 0.0), r"config.masks.weights="),
+    ("mask_negative", stage1, "smoke", "masks.weights", (1.0, -1.0, 0.5), r"non-negative"),
+    ("rtv", stage1, "smoke", "rtv.n_iter", 0, r"config.rtv.n_iter=0"),
+    ("image_size", stage1, "smoke", "data.image_size", 0, r"config.data.image_size=0"),
+    ("batch_size", stage2, "smoke", "data.batch_size", -8, r"config.data.batch_size=-8"),
+    ("stride", localize, "smoke", "stride", 40, None),
+    ("nested", pipeline, "smoke", "stage1.masks.weights", (1.0,), r"config.stage1.masks.weights"),
+  )
+  def test_bad_field_is_named(self, module, arg, field, value, pattern):
+    config = module.get_config(arg)
+    *parents, name = field.split(".")
+    block = config
+    for parent in parents:
+      block = block[parent]
+    block[name] = value
+    if field == "stride":
+      config.window = 32
+      pattern = r"config.stride=40 is not valid; .*stride <= window \(32\)"
+    with self.assertRaisesRegex(UserInputError, pattern):
+      config_checks.validate(config)
+
+  def test_localize_may_inherit_image_size_and_window(self):
+    config = localize.get_config("smoke")
+    self.assertEqual((config.data.image_size, config.window, config.stride), (0, 0, 0))
+    config_checks.validate(config)
+
+
+if __name__ == "__main__":
+  absltest.main()
