@@ -196,8 +196,8 @@ class _ProcessBlocks(grain.MapDataset):
     return self._parent[(block * self._processes + self._process) * self._local + offset]
 
 
-def _prepared_builder(config: ml_collections.ConfigDict, split: str):
-  """The dataset's builder, built first if needed; the split must exist."""
+def _prepared_builder(config: ml_collections.ConfigDict, split: str | None):
+  """The dataset's builder, built first if needed; `split` (unless None) must exist."""
   data_dir = _expand(config.data_dir)
   manual_dir = _expand(config.manual_dir) if config.manual_dir else None
   builder = datasets.get_builder(config.name, data_dir)
@@ -208,17 +208,26 @@ def _prepared_builder(config: ml_collections.ConfigDict, split: str):
         "first with python -m alenn_jax.datasets.prepare."
       )
     builder = datasets.build(config.name, data_dir, manual_dir)
-  if split not in builder.info.splits:
+  if split is not None and split not in builder.info.splits:
+    missing = builder.info.metadata.get("missing_splits", [])
+    why = (
+      f" (none of its images were in {builder.info.metadata.get('manual_dir', 'manual_dir')} "
+      "when the dataset was built: download them, then rebuild it in a new data_dir)"
+      if split in missing
+      else ""
+    )
     raise UserInputError(
-      f"config.data: {config.name} has no split {split!r}; splits: {sorted(builder.info.splits)}."
+      f"config.data: {config.name} has no split {split!r}{why}; it has "
+      f"{', '.join(sorted(builder.info.splits))}."
     )
   return builder
 
 
 def split_names(config: ml_collections.ConfigDict) -> list[str]:
   """Every split of the dataset, `config.train_split` first (building the dataset if needed)."""
-  names = list(_prepared_builder(config, config.train_split).info.splits)
-  return [config.train_split, *sorted(s for s in names if s != config.train_split)]
+  names = list(_prepared_builder(config, None).info.splits)
+  first = [config.train_split] if config.train_split in names else []
+  return first + sorted(s for s in names if s != config.train_split)
 
 
 def _undecoded(builder, split):

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from absl.testing import absltest
 from PIL import Image
 
-from alenn_jax import datasets
+from alenn_jax import datasets, input_pipeline
 from alenn_jax.datasets import common
 from alenn_jax.datasets.fracatlas import fracatlas
 from alenn_jax.errors import UserInputError
@@ -88,13 +88,14 @@ class MuraTest(absltest.TestCase):
     make_mura(self.manual)
     builder = datasets.build("mura/xr_elbow", self.data, self.manual)
     meta = builder.info.metadata
-    self.assertEqual(
-      meta["skipped"], {"listed in the CSV but absent": 1, "corrupt or unreadable image": 1}
-    )
+    self.assertEqual(meta["skipped"], {"corrupt or unreadable image": 1})
+    self.assertEqual(meta["absent"], {"train": 1})
+    self.assertEqual(meta["missing_splits"], [])
     self.assertEqual(meta["label_counts"]["train"], {"normal": 1, "abnormal": 2})
     self.assertEqual(meta["label_counts"]["valid"], {"normal": 1, "abnormal": 1})
     summary = datasets.summary(builder)
-    self.assertIn("skipped: 1 (listed in the CSV but absent)", summary)
+    self.assertIn("absent: 1 listed files (train 1); first: ", summary)
+    self.assertIn("patient00002/study1_negative/image2.png", summary)
 
     # Readable by name from the data_dir alone, as anyone else would.
     source = tfds.data_source("mura/xr_elbow", data_dir=self.data)
@@ -140,8 +141,46 @@ class MuraTest(absltest.TestCase):
 
   def test_strict_build_fails_on_corrupt_image(self):
     make_mura(self.manual)
-    with self.assertRaisesRegex(ValueError, "patient00003.*strict=True"):
+    with self.assertRaisesRegex(UserInputError, "patient00003.*strict=True"):
       datasets.build("mura/xr_elbow", self.data, self.manual, strict=True)
+
+  def test_a_split_without_any_image_is_left_out_and_named_when_needed(self):
+    make_mura(self.manual)
+    shutil.rmtree(os.path.join(self.manual, "MURA-v1.1", "train"))  # Only valid/ downloaded.
+    with self.assertLogs(level="WARNING") as logs:
+      builder = datasets.build("mura/xr_elbow", self.data, self.manual)
+    self.assertEqual(sorted(builder.info.splits), ["valid"])
+    self.assertEqual(builder.info.metadata["missing_splits"], ["train"])
+    self.assertEqual(builder.info.metadata["absent"], {"train": 5})
+    # One summary line for the absent files, not one per file.
+    absent_lines = [line for line in logs.output if "absent" in line]
+    self.assertLen(absent_lines, 1)
+    self.assertIn("5 files listed", absent_lines[0])
+    summary = datasets.summary(builder)
+    self.assertIn("train      left out: none of its listed images is present", summary)
+    data = input_pipeline.data_config()
+    data.name, data.data_dir = "mura/xr_elbow", self.data
+    self.assertEqual(input_pipeline.split_names(data), ["valid"])
+    with self.assertRaisesRegex(
+      UserInputError,
+      "mura/xr_elbow has no split 'train' \\(none of its images were in .*it has valid",
+    ):
+      input_pipeline.split_labels(data, "train")
+
+  def test_no_image_present_at_all_is_one_error_naming_the_folder(self):
+    make_mura(self.manual)
+    for split in ("train", "valid"):
+      shutil.rmtree(os.path.join(self.manual, "MURA-v1.1", split))
+    with self.assertRaisesRegex(
+      UserInputError, "no XR_ELBOW image listed in the CSVs of .*MURA-v1.1"
+    ):
+      datasets.build("mura/xr_elbow", self.data, self.manual)
+    # A split whose CSVs were not downloaded either is simply absent.
+    make_mura(self.manual)
+    for kind in ("image_paths", "labeled_studies"):
+      os.remove(os.path.join(self.manual, "MURA-v1.1", f"train_{kind}.csv"))
+    builder = datasets.build("mura/xr_elbow", self.data, self.manual)
+    self.assertEqual(sorted(builder.info.splits), ["valid"])
 
   def test_label_disagreement_names_the_study(self):
     make_mura(self.manual, mislabel=True)
@@ -210,6 +249,14 @@ class FracAtlasTest(absltest.TestCase):
           os.path.join(manual, "images", folder, name),
         )
       chosen[folder] = names
+    # A real JPEG cut short by 20 bytes, as some FracAtlas files are: kept, counted as repaired.
+    cls.truncated = chosen["Non_fractured"][0]
+    path = os.path.join(manual, "images", "Non_fractured", cls.truncated)
+    with open(os.path.realpath(path), "rb") as f:
+      data = f.read()
+    os.remove(path)
+    with open(path, "wb") as f:
+      f.write(data[:-20])
     shutil.copytree(os.path.join(FRACATLAS, "Annotations"), os.path.join(manual, "Annotations"))
     shutil.copy(os.path.join(FRACATLAS, "dataset.csv"), manual)
     cls.chosen = chosen
@@ -231,12 +278,26 @@ class FracAtlasTest(absltest.TestCase):
     present = set(self.chosen["Fractured"]) | set(self.chosen["Non_fractured"])
     hand_present = [r for r in rows if r["image_id"] in present]
     examples = self._examples()
-    skipped = self.builder.info.metadata["skipped"]
-    self.assertEqual(
-      len(examples) + skipped.get("corrupt or unreadable image", 0), len(hand_present)
-    )
-    self.assertEqual(skipped["listed in dataset.csv but absent"], len(rows) - len(hand_present))
+    meta = self.builder.info.metadata
+    self.assertEqual(meta["skipped"], {})
+    self.assertEqual(len(examples), len(hand_present))  # Every image, the truncated one too.
+    self.assertEqual(sum(meta["absent"].values()), len(rows) - len(hand_present))
     self.assertEqual(self.builder.info.full_name, "fracatlas/hand_max256/1.0.0")
+
+  def test_truncated_jpeg_is_kept_counted_and_refused_when_strict(self):
+    meta = self.builder.info.metadata
+    self.assertEqual(meta["repaired"], 1)
+    self.assertIn(self.truncated, meta["repaired_examples"][0])
+    self.assertIn(
+      f"repaired: 1 truncated images kept; first: {self.truncated}", datasets.summary(self.builder)
+    )
+    stem = os.path.splitext(self.truncated)[0]
+    (kept,) = [ex for ex in self._examples() if ex["id"].decode() == stem]
+    self.assertGreater(kept["image"].std(), 10)  # A picture, not a blank.
+    with self.assertRaisesRegex(UserInputError, f"{self.truncated}.*truncated.*strict=True"):
+      datasets.build(
+        "fracatlas/hand", os.path.join(self.tmp, "strict"), self.manual, max_side=64, strict=True
+      )
 
   def test_boxes_on_image_and_masks_exactly_for_fractures(self):
     for ex in self._examples():

@@ -12,12 +12,15 @@ grain, with or without TensorFlow. Every example has:
 import collections
 import dataclasses
 import hashlib
-import io
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
+
+from alenn_jax import image_io
+from alenn_jax.errors import UserInputError
 
 LABEL_NAMES = ("normal", "abnormal")
 DEFAULT_MAX_SIDE = 512
@@ -68,35 +71,77 @@ def to_grey_uint8(image: Image.Image) -> np.ndarray:
 
 
 class SkipCounter:
-  """Counts files a build skipped, by reason, and remembers a few paths of each for the summary."""
+  """What a build could not use as it is, with a few paths of each kind for the summary.
+
+  skipped   unreadable files, by reason (each also logged: they are rare and worth a look)
+  absent    files a table lists that are not on disk, by split: counted, not logged one by one,
+            since a partial download lists tens of thousands
+  repaired  truncated files kept, decoded as far as they go (as every viewer shows them)
+  """
+
+  EXAMPLES = 5
 
   def __init__(self):
     self.counts = collections.Counter()
     self.examples = collections.defaultdict(list)
+    self.absent = collections.Counter()
+    self.absent_examples = []
+    self.repaired = []
 
   def skip(self, reason: str, path: str) -> None:
     self.counts[reason] += 1
-    if len(self.examples[reason]) < 5:
+    if len(self.examples[reason]) < self.EXAMPLES:
       self.examples[reason].append(path)
     logging.warning("skipping %s: %s", path, reason)
+
+  def absent_file(self, split: str, path: str) -> None:
+    self.absent[split] += 1
+    if len(self.absent_examples) < self.EXAMPLES:
+      self.absent_examples.append(path)
+
+  def repair(self, path: str) -> None:
+    self.repaired.append(path)
 
   def as_dict(self) -> dict[str, int]:
     return dict(self.counts)
 
+  def write(self, metadata) -> None:
+    """Stores the counts (and the first paths) in a dataset's metadata, for `summary_lines`."""
+    metadata["skipped"] = self.as_dict()
+    metadata["absent"] = dict(sorted(self.absent.items()))
+    metadata["absent_examples"] = list(self.absent_examples)
+    metadata["repaired"] = len(self.repaired)
+    metadata["repaired_examples"] = self.repaired[: self.EXAMPLES]
+
+  def log_absent(self, listed: str) -> None:
+    """One summary line for the absent files (`listed` names the table that lists them)."""
+    if self.absent:
+      per_split = ", ".join(f"{split} {n}" for split, n in sorted(self.absent.items()))
+      logging.warning(
+        "%d files listed in %s are absent (%s); first: %s",
+        sum(self.absent.values()),
+        listed,
+        per_split,
+        ", ".join(self.absent_examples),
+      )
+
 
 def read_image(path: str, skips: SkipCounter, strict: bool) -> Image.Image | None:
-  """Opens and fully decodes an image; a corrupt or truncated file is skipped (raises if strict)."""
+  """Opens and fully decodes an image. A truncated file is kept (counted as repaired), a corrupt
+  or unreadable one skipped; with `strict` both stop the build with a UserInputError."""
   try:
-    with open(path, "rb") as f:
-      data = f.read()
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
-  except (OSError, ValueError, SyntaxError) as e:
+    image, repaired = image_io.open_image(path, allow_truncated=not strict)
+  except OSError as e:
     if strict:
-      raise ValueError(f"corrupt or unreadable image {path}: {e} (strict=True)") from e
+      raise UserInputError(
+        f"{e}. The build stops on it because strict=True; drop --strict to keep truncated images "
+        "and skip unreadable ones."
+      ) from None
     skips.skip("corrupt or unreadable image", f"{path} ({e})")
     return None
+  if repaired:
+    skips.repair(path)
+  return image
 
 
 def encode_grey(array: np.ndarray) -> np.ndarray:
@@ -133,16 +178,28 @@ class LabelCounter:
 
 
 def summary_lines(name: str, metadata) -> list[str]:
-  """Human-readable split sizes by label and skipped-file counts from a built dataset's metadata."""
+  """Human-readable split sizes by label, left-out splits, and the counts of skipped, absent and
+  repaired files from a built dataset's metadata."""
   lines = [f"{name}:"]
   for split, counts in metadata.get("label_counts", {}).items():
     total = sum(counts.values())
     parts = ", ".join(f"{k} {v}" for k, v in counts.items())
     lines.append(f"  {split:<10} {total:>7} images ({parts})")
+  for split in metadata.get("missing_splits", []):
+    lines.append(f"  {split:<10} left out: none of its listed images is present")
   skipped = metadata.get("skipped", {})
   if skipped:
     for reason, count in skipped.items():
       lines.append(f"  skipped: {count} ({reason})")
   else:
     lines.append("  skipped: none")
+  absent = metadata.get("absent", {})
+  if absent:
+    per_split = ", ".join(f"{split} {n}" for split, n in absent.items())
+    first = ", ".join(metadata.get("absent_examples", []))
+    lines.append(f"  absent: {sum(absent.values())} listed files ({per_split}); first: {first}")
+  repaired = metadata.get("repaired", 0)
+  if repaired:
+    first = ", ".join(os.path.basename(p) for p in metadata.get("repaired_examples", []))
+    lines.append(f"  repaired: {repaired} truncated images kept; first: {first}")
   return lines

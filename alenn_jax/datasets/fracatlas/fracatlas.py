@@ -48,7 +48,7 @@ class FracAtlas(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-  strict = False  # True: a corrupt image fails the build instead of being skipped.
+  strict = False  # True: a corrupt or truncated image fails the build (else skipped / repaired).
   BUILDER_CONFIGS = [
     FracAtlasConfig(name="hand", description="Hand images.", region="hand"),
     FracAtlasConfig(name="shoulder", description="Shoulder images.", region="shoulder"),
@@ -80,10 +80,25 @@ class FracAtlas(tfds.core.GeneratorBasedBuilder):
     self._labels = common.LabelCounter()
     by_split = {split: [] for split in SPLITS}
     for row in rows:
-      by_split[common.hash_split(os.path.splitext(row["image_id"])[0])].append(row)
+      split = common.hash_split(os.path.splitext(row["image_id"])[0])
+      path = image_path(manual_dir, row)
+      if os.path.isfile(path):
+        by_split[split].append(row)
+      else:
+        self._skips.absent_file(split, path)
+    self._skips.log_absent(table)
+    present = {split: r for split, r in by_split.items() if r}
+    if not present:
+      raise UserInputError(
+        f"none of the {len(rows)} {self.builder_config.region!r} images that {table} lists is in "
+        f"{os.path.join(manual_dir, 'images')}; is manual_dir the unpacked FracAtlas folder?"
+      )
+    self.info.metadata["missing_splits"] = sorted(set(SPLITS) - set(present))
+    self.info.metadata["manual_dir"] = manual_dir
+    self._skips.write(self.info.metadata)
     return {
-      split: self._generate_examples(manual_dir, split, by_split[split], polygons)
-      for split in SPLITS
+      split: self._generate_examples(manual_dir, split, split_rows, polygons)
+      for split, split_rows in present.items()
     }
 
   def _generate_examples(self, manual_dir, split, rows, polygons):
@@ -91,12 +106,7 @@ class FracAtlas(tfds.core.GeneratorBasedBuilder):
     for row in rows:
       name = row["image_id"]
       fractured = int(row["fractured"])
-      folder = "Fractured" if fractured else "Non_fractured"
-      path = os.path.join(manual_dir, "images", folder, name)
-      if not os.path.isfile(path):
-        self._skips.skip("listed in dataset.csv but absent", path)
-        continue
-      image = common.read_image(path, self._skips, self.strict)
+      image = common.read_image(image_path(manual_dir, row), self._skips, self.strict)
       if image is None:
         continue
       width, height = image.size
@@ -118,7 +128,13 @@ class FracAtlas(tfds.core.GeneratorBasedBuilder):
         },
       )
     self.info.metadata["label_counts"] = self._labels.as_dict()
-    self.info.metadata["skipped"] = self._skips.as_dict()
+    self._skips.write(self.info.metadata)
+
+
+def image_path(manual_dir: str, row: dict) -> str:
+  """Where FracAtlas keeps the image of a dataset.csv row."""
+  folder = "Fractured" if row["fractured"] == "1" else "Non_fractured"
+  return os.path.join(manual_dir, "images", folder, row["image_id"])
 
 
 def read_table(path: str, region: str) -> list[dict]:

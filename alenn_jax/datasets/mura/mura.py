@@ -10,6 +10,7 @@ import dataclasses
 import os
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 from alenn_jax.datasets import common
 from alenn_jax.errors import UserInputError
@@ -25,6 +26,7 @@ STUDY_TYPES = (
 )
 ROOT = "MURA-v1.1"
 SPLITS = ("train", "valid")
+CSV_KINDS = ("image_paths", "labeled_studies")
 
 INSTRUCTIONS = f"""\
 MURA v1.1 is distributed by the Stanford AIMI Center (aimi.stanford.edu, "MURA" dataset) to users
@@ -106,7 +108,7 @@ class Mura(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {"1.1.0": "MURA v1.1."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-  strict = False  # True: a corrupt image fails the build instead of being skipped.
+  strict = False  # True: a corrupt or truncated image fails the build (else skipped / repaired).
   BUILDER_CONFIGS = _configs()
   DEFAULT_CONFIG_NAME = "xr_elbow"
 
@@ -127,23 +129,56 @@ class Mura(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = os.fspath(dl_manager.manual_dir)
-    if not os.path.isdir(os.path.join(manual_dir, ROOT)):
+    root = os.path.join(manual_dir, ROOT)
+    if not os.path.isdir(root):
       raise UserInputError(f"no {ROOT}/ folder in manual_dir {manual_dir!r}.\n{INSTRUCTIONS}")
-    for split in SPLITS:
-      for kind in ("image_paths", "labeled_studies"):
-        path = os.path.join(manual_dir, ROOT, f"{split}_{kind}.csv")
-        if not os.path.isfile(path):
-          raise UserInputError(f"missing {path}.\n{INSTRUCTIONS}")
     self._skips = common.SkipCounter()
     self._labels = common.LabelCounter()
-    return {split: self._generate_examples(manual_dir, split) for split in SPLITS}
+    listed, present = {}, {}
+    for split in SPLITS:
+      tables = [os.path.join(root, f"{split}_{kind}.csv") for kind in CSV_KINDS]
+      found = [os.path.isfile(t) for t in tables]
+      if not any(found):
+        continue  # A split not downloaded at all (its CSVs are absent too).
+      if not all(found):
+        missing = tables[found.index(False)]
+        raise UserInputError(f"missing {missing} (its {split} twin is there).\n{INSTRUCTIONS}")
+      listed[split] = self._listed_images(manual_dir, split)
+      present[split] = []
+      for entry in listed[split]:
+        if os.path.isfile(entry["path"]):
+          present[split].append(entry)
+        else:
+          self._skips.absent_file(split, entry["path"])
+    self._skips.log_absent(f"{root}/<split>_image_paths.csv")
+    present = {split: entries for split, entries in present.items() if entries}
+    if not present:
+      types = ", ".join(self.builder_config.study_types)
+      raise UserInputError(
+        f"no {types} image listed in the CSVs of {root} is present (splits listed: "
+        f"{', '.join(listed) or 'none'}); download MURA's images into {root}.\n{INSTRUCTIONS}"
+      )
+    missing = sorted(set(SPLITS) - set(present))
+    for split in missing:
+      logging.warning(
+        "%s: split %r left out: none of its %d listed images is present",
+        self.builder_config.name,
+        split,
+        len(listed.get(split, ())),
+      )
+    self.info.metadata["missing_splits"] = missing
+    self.info.metadata["manual_dir"] = manual_dir
+    self._skips.write(self.info.metadata)
+    return {split: self._generate_examples(split, entries) for split, entries in present.items()}
 
-  def _generate_examples(self, manual_dir: str, split: str):
+  def _listed_images(self, manual_dir: str, split: str) -> list[dict]:
+    """The images of this config's study types that <split>_image_paths.csv lists, checked."""
     cfg = self.builder_config
     studies = read_labeled_studies(manual_dir, split)
     csv_path = os.path.join(manual_dir, ROOT, f"{split}_image_paths.csv")
     with open(csv_path, newline="") as f:
       rows = [(i, row[0].strip()) for i, row in enumerate(csv.reader(f), start=1) if row]
+    entries = []
     for line, raw in rows:
       rel = checked_relative_path(raw, csv_path, line)
       path_split, study_type, patient, study, label = _study_parts(rel, csv_path, line)
@@ -156,28 +191,37 @@ class Mura(tfds.core.GeneratorBasedBuilder):
           f"{split}_labeled_studies.csv says {studies[study_folder]}. The two must agree; "
           "check which one is right and fix the other."
         )
-      path = os.path.join(manual_dir, rel)
-      if not os.path.isfile(path):
-        self._skips.skip("listed in the CSV but absent", path)
-        continue
-      image = common.read_image(path, self._skips, self.strict)
-      if image is None:
-        continue
-      grey = common.grey_fitted(image, cfg.max_side)
-      example_id = "/".join(rel.replace("\\", "/").split("/")[1:])
-      example_id = os.path.splitext(example_id)[0]
-      self._labels.add(split, label)
-      yield (
-        example_id,
+      example_id = os.path.splitext("/".join(rel.replace("\\", "/").split("/")[1:]))[0]
+      entries.append(
         {
-          "image": common.encode_grey(grey),
-          "label": label,
+          "path": os.path.join(manual_dir, rel),
           "id": example_id,
-          "lesion_mask": common.encode_grey(grey * 0),
+          "label": label,
           "study_id": f"{path_split}/{study_type}/{patient}/{study}",
           "patient_id": patient,
           "study_type": study_type,
+        }
+      )
+    return entries
+
+  def _generate_examples(self, split: str, entries: list[dict]):
+    for entry in entries:
+      image = common.read_image(entry["path"], self._skips, self.strict)
+      if image is None:
+        continue
+      grey = common.grey_fitted(image, self.builder_config.max_side)
+      self._labels.add(split, entry["label"])
+      yield (
+        entry["id"],
+        {
+          "image": common.encode_grey(grey),
+          "label": entry["label"],
+          "id": entry["id"],
+          "lesion_mask": common.encode_grey(grey * 0),
+          "study_id": entry["study_id"],
+          "patient_id": entry["patient_id"],
+          "study_type": entry["study_type"],
         },
       )
     self.info.metadata["label_counts"] = self._labels.as_dict()
-    self.info.metadata["skipped"] = self._skips.as_dict()
+    self._skips.write(self.info.metadata)

@@ -90,4 +90,4 @@ class Phantoms(tfds.core.GeneratorBasedBuilder):
       self._labels.add(split, ex["label"])
       yield ex["id"], ex
     self.info.metadata["label_counts"] = self._labels.as_dict()
-    self.info.metadata["skipped"] = {}
+    common.SkipCounter().write(self.info.metadata)
