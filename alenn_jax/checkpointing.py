@@ -118,12 +118,19 @@ def check_config(
     with open(path) as f:
       stored = _flatten(json.load(f))
     now = _flatten(current)
-    changed = [
-      name
-      for name in sorted(set(stored) | set(now))
-      if any(name == p or name.startswith(p) for p in shape_fields)
-      and stored.get(name) != now.get(name)
-    ]
+
+    def rank(name):  # The first of `shape_fields` a name falls under, or None.
+      return next((i for i, p in enumerate(shape_fields) if name == p or name.startswith(p)), None)
+
+    # Named in the order of `shape_fields`, so the field that explains the others comes first.
+    changed = sorted(
+      (
+        (rank(name), name)
+        for name in set(stored) | set(now)
+        if rank(name) is not None and stored.get(name) != now.get(name)
+      ),
+    )
+    changed = [name for _, name in changed]
     if changed:
       name = changed[0]
       if not config.get("force_restart", False):

@@ -10,13 +10,16 @@ argument is one line naming the field instead of a traceback minutes into a run.
   rtv.*                  RTV parameters: positive (n_iter and max_cg_iters >= 1)
   image_size, batch_size positive (a localize config's image_size may be 0: the stage 1 run's)
   window, stride         a localize config's: 1 <= stride <= window (0: stage 1's defaults)
+  method, gap, context   a localize config's: method one of localize.METHODS; multi_window's gap
+                         >= 1 (0: the window), so a group's windows never touch; context's crop
+                         at least window + 2
 """
 
 import dataclasses
 
 import ml_collections
 
-from alenn_jax import fusion, masks, models, rtv
+from alenn_jax import fusion, localize, masks, models, rtv
 from alenn_jax.errors import UserInputError
 
 
@@ -101,3 +104,17 @@ def validate(
         stride,
         f"pixels between windows would never be repainted; use 1 <= stride <= window ({window})",
       )
+    method = config.get("method", "per_window")
+    _check_choice(f"{path}.method", method, localize.METHODS)
+    gap, context = config.get("gap", 0), config.get("context", 0)
+    if method == "multi_window" and (not isinstance(gap, int) or gap < 0):
+      _fail(
+        f"{path}.gap",
+        gap,
+        "windows repainted together must lie at least 1 px apart; use gap >= 1 (0: the window)",
+      )
+    if method == "context" and (
+      not isinstance(context, int) or context < 1 or (window and context < window + 2)
+    ):
+      least = f"window + 2 = {window + 2}" if window else "window + 2"
+      _fail(f"{path}.context", context, f"the crop must be at least {least} px")

@@ -68,6 +68,15 @@ def write_scale(workdir: str, scale: float, **details) -> None:
   image_io.write_text(scale_path(workdir), json.dumps({"scale": scale, **details}))
 
 
+def read_scale_record(workdir: str) -> dict | None:
+  """scale.json as written (scale, percentile, images), or None when there is none yet."""
+  path = scale_path(workdir)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def read_scale(workdir: str) -> float:
   path = scale_path(workdir)
   if not os.path.exists(path):

@@ -32,8 +32,19 @@ from alenn_jax import masks as masks_lib
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting
 
-# Fields whose change makes stored maps stale (checkpointing.check_config moves them aside).
-MAP_FIELDS = ("window", "stride", "data.name", "data.image_size")
+METHODS = ("per_window", "multi_window", "context")
+# Fields whose change makes stored maps stale: refused, or moved aside with force_restart
+# (checkpointing.check_config). The generator is named by its workdir and checkpoint step.
+MAP_FIELDS = (
+  "generator.",
+  "method",
+  "window",
+  "stride",
+  "gap",
+  "context",
+  "data.name",
+  "data.image_size",
+)
 # Fields of the stage 1 run's config.data that the maps inherit when config.data.name is "".
 INHERITED_DATA_FIELDS = (
   "name",
@@ -46,35 +57,119 @@ INHERITED_DATA_FIELDS = (
 )
 
 
-def difference_map(params, images, structure, *, inpaint_fn, window: int, stride: int, chunk: int):
+def _window_hole_sets(h: int, w: int, window: int, stride: int, method: str, gap: int):
+  """`[G, H, W, 1]` masks, each hiding the windows one inpainting pass repaints: one window per
+  pass (`per_window`), or a group of windows at least `gap` pixels apart (`multi_window`)."""
+  positions = masks_lib.window_positions(h, w, window, stride)
+  if method == "multi_window":
+    groups = masks_lib.window_groups(h, w, window, stride, gap)
+  else:
+    groups = [np.asarray([k]) for k in range(len(positions))]
+  return np.stack([masks_lib.hole_masks(h, w, window, positions[g]) for g in groups])
+
+
+def _chunked(arrays, chunk: int, pad_values):
+  """Each `[K, ...]` array padded along axis 0 to a multiple of `chunk` (with its pad value) and
+  reshaped to `[K / chunk, chunk, ...]`."""
+  k = len(arrays[0])
+  chunk = max(1, min(chunk, k))
+  pad = -k % chunk
+  out = []
+  for a, value in zip(arrays, pad_values, strict=True):
+    filler = np.full((pad, *a.shape[1:]), value, a.dtype)
+    out.append(jnp.asarray(np.concatenate([a, filler]).reshape(-1, chunk, *a.shape[1:])))
+  return out
+
+
+def difference_map(
+  params,
+  images,
+  structure,
+  *,
+  inpaint_fn,
+  window: int,
+  stride: int,
+  chunk: int,
+  method: str = "per_window",
+  gap: int = 0,
+  context: int = 0,
+):
   """D of a batch: `[B, H, W, 1]` images in [-1, 1] -> `[B, H, W, 1]` mean |I - I_k| (in [0, 1]).
+
+  D is always the mean, over the sliding windows k covering a pixel, of |I - I_k| at that pixel,
+  where I_k is the image with window k repainted; the methods differ in how I_k is obtained:
+
+    per_window    the paper: one generator pass over the whole image per window
+    multi_window  one pass repaints a whole group of windows lying at least `gap` pixels apart
+                  (`masks.window_groups`); window k's difference is still taken inside window k
+                  only, so a group of one window is exactly `per_window` (RIAD's disjoint cells,
+                  Zavrtanik et al. 2021). Passes per image: about ceil((window + gap) / stride)**2.
+    context       one pass per window over a `context` x `context` crop around it (clamped to the
+                  image), for a generator trained on crops of that size (InTra, Pirnay & Chai
+                  2021); `context` >= the image side is the whole image, i.e. `per_window`.
 
   Args:
     params: whatever `inpaint_fn` needs (stage 1: {"gen_s": ..., "gen_t": ...}).
     images: `[B, H, W, 1]` in [-1, 1].
     structure: `[B, H, W, 1]` RTV structure in [-1, 1] (computed once per image, not per window).
-    inpaint_fn: `(params, images, structure, mask) -> composited images`, all `[N, H, W, 1]`.
+    inpaint_fn: `(params, images, structure, mask) -> composited images`, all `[N, h, w, 1]`.
     window, stride: sliding-window side and step, pixels.
-    chunk: windows inpainted together (times the batch size: the generator's batch).
+    chunk: passes run together (times the batch size: the generator's batch).
+    method, gap, context: see above.
   """
+  if method not in METHODS:
+    raise ValueError(f"method={method!r}; use one of {', '.join(METHODS)}.")
   _, h, w, _ = images.shape
-  masks = masks_lib.window_masks(h, w, window, stride)  # [K, H, W, 1]
-  coverage = (1.0 - masks).sum(axis=0)  # [H, W, 1], >= 1 everywhere.
-  k = len(masks)
-  chunk = max(1, min(chunk, k))
-  pad = -k % chunk  # Padding windows hide nothing, so they add nothing.
-  masks = np.concatenate([masks, np.ones((pad, h, w, 1), np.float32)]).reshape(-1, chunk, h, w, 1)
+  positions = masks_lib.window_positions(h, w, window, stride)
+  coverage = masks_lib.window_masks(h, w, window, stride)
+  coverage = (1.0 - coverage).sum(axis=0)  # [H, W, 1], >= 1 everywhere.
+  if method == "context" and (context < h or context < w):
+    total = _context_sum(params, images, structure, inpaint_fn, window, positions, chunk, context)
+    return total / jnp.asarray(coverage)
+  holes = _window_hole_sets(h, w, window, stride, method, gap)  # [G, H, W, 1]
+  (holes,) = _chunked([holes], chunk, [1.0])  # Padding passes hide nothing, so add nothing.
 
-  def one_window(mask):
+  def one_pass(mask):
     mask = jnp.broadcast_to(mask[None], images.shape)
     composite = inpaint_fn(params, images, structure, mask)
     return jnp.abs(images - composite) * (1.0 - mask) / 2.0
 
   def body(total, mask_chunk):
-    return total + jax.vmap(one_window)(mask_chunk).sum(axis=0), None
+    return total + jax.vmap(one_pass)(mask_chunk).sum(axis=0), None
 
-  total, _ = jax.lax.scan(body, jnp.zeros_like(images), jnp.asarray(masks))
+  total, _ = jax.lax.scan(body, jnp.zeros_like(images), holes)
   return total / jnp.asarray(coverage)
+
+
+def _context_sum(params, images, structure, inpaint_fn, window, positions, chunk, context):
+  """Sum over windows of |I - I_k| inside window k, each I_k repainted from a crop around k."""
+  b, h, w, c = images.shape
+  ch, cw = min(context, h), min(context, w)
+  tops = np.clip(positions[:, 0] + window // 2 - ch // 2, 0, h - ch)
+  lefts = np.clip(positions[:, 1] + window // 2 - cw // 2, 0, w - cw)
+  offsets = np.stack([tops, lefts], axis=1).astype(np.int32)  # [K, 2] crop corners.
+  local = np.stack(
+    [
+      masks_lib.hole_masks(ch, cw, window, (pos - off)[None])
+      for pos, off in zip(positions, offsets, strict=True)
+    ]
+  )  # [K, ch, cw, 1]: each window's hole inside its crop.
+  offsets, local = _chunked([offsets, local], chunk, [0, 1.0])
+
+  def one_window(offset, mask):
+    start = (0, offset[0], offset[1], 0)
+    crop = jax.lax.dynamic_slice(images, start, (b, ch, cw, c))
+    crop_structure = jax.lax.dynamic_slice(structure, start, (b, ch, cw, c))
+    mask = jnp.broadcast_to(mask[None], crop.shape)
+    composite = inpaint_fn(params, crop, crop_structure, mask)
+    diff = jnp.abs(crop - composite) * (1.0 - mask) / 2.0
+    return jax.lax.dynamic_update_slice(jnp.zeros_like(images), diff, start)
+
+  def body(total, chunk_args):
+    return total + jax.vmap(one_window)(*chunk_args).sum(axis=0), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros_like(images), (offsets, local))
+  return total
 
 
 def stage1_inpaint_fn(gen_s: inpainting.Generator, gen_t: inpainting.Generator):
@@ -106,6 +201,19 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
     config.stride = max(1, config.window // 2)
   if not config.report.split:
     config.report.split = config.data.eval_split
+  if config.method == "multi_window" and not config.gap:
+    config.gap = config.window
+  if config.method != "multi_window":
+    config.gap = 0  # Unused: kept out of the stored record so it never marks maps stale.
+  if config.method != "context":
+    config.context = 0
+  factor = 2 ** int(stage1.model.depth)
+  if config.method == "context" and (config.context < config.window + 2 or config.context % factor):
+    raise UserInputError(
+      f"config.context={config.context}: the crop a window is repainted from must be at least "
+      f"window + 2 = {config.window + 2} px and a multiple of {factor} (2**model.depth of the "
+      "stage 1 generator)."
+    )
   if config.stride > config.window:
     raise UserInputError(
       f"config.stride={config.stride} is larger than config.window={config.window}: pixels "
@@ -133,6 +241,9 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
       window=config.window,
       stride=config.stride,
       chunk=config.chunk,
+      method=config.method,
+      gap=config.gap,
+      context=config.context,
     )
 
   return jax.jit(step)
@@ -186,9 +297,11 @@ def map_split(config, step, params, mesh, workdir: str, split: str) -> int:
 
 
 def compute_scale(config, workdir: str, labels_by_id: dict[str, int]) -> float:
-  """The `config.percentile`-th percentile of D over the training normals (stored once)."""
-  if os.path.exists(le_maps.scale_path(workdir)):
-    return le_maps.read_scale(workdir)
+  """The `config.percentile`-th percentile of D over the training normals (stored once, and
+  computed again when the percentile changes)."""
+  stored = le_maps.read_scale_record(workdir)
+  if stored is not None and stored.get("percentile") == config.percentile:
+    return float(stored["scale"])
   maps = le_maps.read_difference_maps(workdir, config.data.train_split)
   values = [m.ravel() for k, m in maps.items() if labels_by_id.get(k) == 0]
   if not values:
@@ -217,6 +330,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   generator = checkpointing.load_generator(source, mesh=mesh)
   logging.info("stage 1 generator from %s, step %d", source, generator.step)
   config = resolve(config, generator.config)
+  with config.unlocked():
+    # Recorded with the maps (W/config_localize.json), so maps of another generator are stale.
+    config.generator = ml_collections.ConfigDict(
+      {"workdir": os.path.abspath(source), "step": generator.step}
+    )
   checkpointing.check_config(config, workdir, MAP_FIELDS, (le_maps.LE_MAPS,))
   step = make_map_step(config, generator)
   counts = {}

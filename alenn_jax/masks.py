@@ -119,10 +119,37 @@ def window_positions(h: int, w: int, window: int, stride: int) -> np.ndarray:
 def window_masks(h: int, w: int, window: int, stride: int) -> np.ndarray:
   """`[K, H, W, 1]` float32 masks, each hiding one sliding window (0 inside it)."""
   positions = window_positions(h, w, window, stride)
-  masks = np.ones((len(positions), h, w, 1), np.float32)
+  return np.stack([hole_masks(h, w, window, p[None]) for p in positions])
+
+
+def window_groups(h: int, w: int, window: int, stride: int, gap: int) -> list[np.ndarray]:
+  """The sliding-window positions split into groups whose windows lie at least `gap` pixels apart
+  (along rows or columns), so one inpainting pass can repaint a whole group: each group an int
+  array of indices into `window_positions(h, w, window, stride)`. Every position is in exactly one
+  group; greedy in raster order, which gives about ceil((window + gap) / stride)**2 groups.
+  """
+  if gap < 1:
+    raise ValueError(f"need gap >= 1 so that a group's windows never touch; got gap={gap}.")
+  positions = window_positions(h, w, window, stride)
+  groups: list[list[int]] = []
   for k, (top, left) in enumerate(positions):
-    masks[k, top : top + window, left : left + window] = 0.0
-  return masks
+    for members in groups:
+      others = positions[members]
+      apart = np.maximum(np.abs(others[:, 0] - top), np.abs(others[:, 1] - left)) - window
+      if apart.min() >= gap:
+        members.append(k)
+        break
+    else:
+      groups.append([k])
+  return [np.asarray(g, np.int32) for g in groups]
+
+
+def hole_masks(h: int, w: int, window: int, positions: np.ndarray) -> np.ndarray:
+  """`[H, W, 1]` float32 mask hiding every window whose top-left corner is in `positions`."""
+  mask = np.ones((h, w, 1), np.float32)
+  for top, left in positions:
+    mask[top : top + window, left : left + window] = 0.0
+  return mask
 
 
 def composite(image: jax.Array, generated: jax.Array, mask: jax.Array) -> jax.Array:

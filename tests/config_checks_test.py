@@ -31,6 +31,9 @@ class ValidateTest(parameterized.TestCase):
     ("image_size", stage1, "smoke", "data.image_size", 0, r"config.data.image_size=0"),
     ("batch_size", stage2, "smoke", "data.batch_size", -8, r"config.data.batch_size=-8"),
     ("stride", localize, "smoke", "stride", 40, None),
+    ("method", localize, "smoke", "method", "sliding", r"config.method='sliding'.*per_window"),
+    ("gap", localize, "smoke", "gap", -1, None),
+    ("context", localize, "smoke", "context", 9, None),
     ("nested", pipeline, "smoke", "stage1.masks.weights", (1.0,), r"config.stage1.masks.weights"),
   )
   def test_bad_field_is_named(self, module, arg, field, value, pattern):
@@ -43,6 +46,12 @@ class ValidateTest(parameterized.TestCase):
     if field == "stride":
       config.window = 32
       pattern = r"config.stride=40 is not valid; .*stride <= window \(32\)"
+    if field == "gap":
+      config.method = "multi_window"
+      pattern = r"config.gap=-1 is not valid; .*at least 1 px apart"
+    if field == "context":
+      config.method, config.window = "context", 8
+      pattern = r"config.context=9 is not valid; the crop must be at least window \+ 2 = 10 px"
     with self.assertRaisesRegex(UserInputError, pattern):
       config_checks.validate(config)
 

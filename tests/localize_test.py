@@ -60,6 +60,72 @@ class DifferenceMapTest(parameterized.TestCase):
   def test_chunk_size_does_not_change_the_result(self, chunk):
     np.testing.assert_allclose(self.run_map(chunk=chunk), self.run_map(chunk=2), atol=1e-6)
 
+  def run_method(self, images, structure, **kwargs):
+    fn = jax.jit(
+      lambda p, i, s: localize.difference_map(p, i, s, inpaint_fn=self.inpaint_fn, **kwargs)
+    )
+    return np.asarray(fn(self.params, images, structure))
+
+  def test_multi_window_with_one_window_per_group_equals_per_window(self):
+    # A gap as large as the image puts every window in a group of its own.
+    per_window = self.run_map(chunk=4)
+    got = self.run_method(
+      self.images, self.structure, window=8, stride=4, chunk=4, method="multi_window", gap=16
+    )
+    np.testing.assert_allclose(got, per_window, atol=1e-5)
+
+  def test_multi_window_groups_give_each_window_its_own_difference(self):
+    # With a repainting that depends only on the hole, grouping cannot change D.
+    constant = lambda p, images, s, m: masks_lib.composite(images, jnp.full_like(images, 0.3), m)
+    kwargs = dict(inpaint_fn=constant, window=4, stride=2, chunk=3)
+    fn = lambda method: np.asarray(
+      localize.difference_map(
+        self.params, self.images, self.structure, method=method, gap=2, **kwargs
+      )
+    )
+    self.assertLess(len(masks_lib.window_groups(16, 16, 4, 2, 2)), 49)
+    np.testing.assert_allclose(fn("multi_window"), fn("per_window"), atol=1e-6)
+
+  def test_context_as_large_as_the_image_is_the_whole_image(self):
+    per_window = self.run_map(chunk=4)
+    for context in (16, 40):
+      got = self.run_method(
+        self.images,
+        self.structure,
+        window=8,
+        stride=4,
+        chunk=4,
+        method="context",
+        context=context,
+      )
+      np.testing.assert_allclose(got, per_window, atol=1e-5)
+
+  def test_context_repaints_each_window_from_its_crop_clamped_at_the_border(self):
+    rng = np.random.default_rng(3)
+    images = jnp.asarray(rng.uniform(-1, 1, (2, 32, 32, 1)), jnp.float32)
+    structure = jnp.asarray(rng.uniform(-1, 1, (2, 32, 32, 1)), jnp.float32)
+    window, stride, context = 8, 6, 16
+    total = np.zeros(images.shape)
+    count = np.zeros(images.shape)
+    for top, left in masks_lib.window_positions(32, 32, window, stride):
+      y = min(max(top + window // 2 - context // 2, 0), 32 - context)
+      x = min(max(left + window // 2 - context // 2, 0), 32 - context)
+      mask = np.ones((2, context, context, 1), np.float32)
+      mask[:, top - y : top - y + window, left - x : left - x + window] = 0.0
+      crop = images[:, y : y + context, x : x + context]
+      composite = self.inpaint_fn(
+        self.params, crop, structure[:, y : y + context, x : x + context], jnp.asarray(mask)
+      )
+      total[:, y : y + context, x : x + context] += (
+        np.abs(np.asarray(crop) - np.asarray(composite)) * (1 - mask) / 2
+      )
+      count[:, top : top + window, left : left + window] += 1
+    got = self.run_method(
+      images, structure, window=window, stride=stride, chunk=5, method="context", context=context
+    )
+    np.testing.assert_allclose(got, total / count, atol=1e-5)
+    self.assertGreater(got.min(), 0.0)  # Every pixel, the last row and column too, was repainted.
+
   def test_identity_inpainting_gives_zero(self):
     identity = lambda p, images, s, m: images
     np.testing.assert_array_equal(self.run_map(chunk=4, inpaint_fn=identity), 0.0)
@@ -152,6 +218,35 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     localize.run(self.config(), self.workdir)  # Resumes: only the missing shard is computed.
     self.assertEqual(os.path.getmtime(shard), before)
     self.assertLen(le_maps.read_le_maps(self.workdir, "train"), 32)
+
+  def test_stale_maps_are_refused_or_moved_aside_and_the_scale_follows_the_percentile(self):
+    workdir = os.path.join(self.tmp, "multi")
+    config = self.config()
+    config.init_from = self.workdir
+    config.method = "multi_window"
+    localize.run(config, workdir)
+    stored = checkpointing.read_stored_config(workdir, "localize", "localize run")
+    self.assertEqual((stored.method, stored.gap), ("multi_window", 8))  # gap 0: the window.
+    self.assertEqual(stored.generator.step, 2)
+    self.assertEqual(stored.generator.workdir, self.workdir)
+    shard = le_maps.shard_path(workdir, "train", 0)
+    before = os.path.getmtime(shard)
+    scale_99 = le_maps.read_scale(workdir)
+
+    # A new percentile: the scale is computed again from the stored maps, which are kept.
+    config.percentile = 50.0
+    localize.run(config, workdir)
+    self.assertEqual(os.path.getmtime(shard), before)
+    self.assertEqual(le_maps.read_scale_record(workdir)["percentile"], 50.0)
+    self.assertLess(le_maps.read_scale(workdir), scale_99)
+
+    # Another method would mix maps: refused, or the old ones moved aside with force_restart.
+    config.method = "per_window"
+    with self.assertRaisesRegex(UserInputError, "config.method='per_window' differs"):
+      localize.run(config, workdir)
+    config.force_restart = True
+    localize.run(config, workdir)
+    self.assertLen([n for n in os.listdir(workdir) if n.startswith("le_maps.replaced-")], 1)
 
   def test_missing_maps_or_generator_are_a_clear_error(self):
     with self.assertRaisesRegex(UserInputError, "run the localize job|no LE maps"):

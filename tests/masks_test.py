@@ -56,6 +56,27 @@ class MasksTest(parameterized.TestCase):
     self.assertTrue(np.all(coverage >= 1))
     self.assertTrue(np.all((1 - m).sum(axis=(1, 2, 3)) == window * window))
 
+  @parameterized.parameters((32, 32, 8, 4, 4, 9), (64, 64, 16, 8, 16, 16), (20, 20, 6, 5, 2, None))
+  def test_window_groups_cover_every_window_once_and_keep_gap(self, h, w, window, stride, gap, n):
+    positions = masks.window_positions(h, w, window, stride)
+    groups = masks.window_groups(h, w, window, stride, gap)
+    members = np.concatenate(groups)
+    self.assertEqual(sorted(members.tolist()), list(range(len(positions))))
+    if n is not None:
+      self.assertLen(groups, n)  # ceil((window + gap) / stride) ** 2 on a regular grid.
+    for group in groups:
+      p = positions[group]
+      for i in range(len(p)):
+        for j in range(i + 1, len(p)):
+          apart = max(abs(p[i, 0] - p[j, 0]), abs(p[i, 1] - p[j, 1])) - window
+          self.assertGreaterEqual(apart, gap)
+      hole = masks.hole_masks(h, w, window, p)
+      self.assertEqual((hole == 0).sum(), len(p) * window * window)  # Disjoint windows.
+
+  def test_window_groups_refuse_touching_windows(self):
+    with self.assertRaisesRegex(ValueError, "gap >= 1"):
+      masks.window_groups(16, 16, 4, 2, 0)
+
   def test_window_positions_known_values(self):
     np.testing.assert_array_equal(
       masks.window_positions(10, 10, 4, 4),
