@@ -184,3 +184,51 @@ def study_level(ids, labels, probs, study_of) -> tuple[list[str], np.ndarray, np
     out_labels.append(values.pop())
     out_probs.append(float(np.mean(probs[members])))
   return names, np.asarray(out_labels, np.int64), np.asarray(out_probs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixel-level localization scores (pooled pixels of many maps).
+
+
+def _ranked_counts(scores, labels):
+  """Distinct score values in decreasing order, with the true and false positives of calling
+  every pixel at or above each value positive."""
+  scores = np.asarray(scores, np.float64).ravel()
+  labels = np.asarray(labels).ravel().astype(bool)
+  order = np.argsort(-scores, kind="stable")
+  scores, labels = scores[order], labels[order]
+  last = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]  # Last index of each value.
+  tp = np.cumsum(labels)[last]
+  fp = np.cumsum(~labels)[last]
+  return scores[last], tp.astype(np.float64), fp.astype(np.float64)
+
+
+def average_precision(scores, labels) -> float:
+  """Area under the precision-recall curve as scikit-learn's `average_precision_score` computes
+  it (sum over thresholds of recall increase times precision); NaN without positives."""
+  _, tp, fp = _ranked_counts(scores, labels)
+  if len(tp) == 0 or tp[-1] == 0:
+    return float("nan")
+  precision = tp / (tp + fp)
+  recall = tp / tp[-1]
+  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def best_dice_threshold(scores, labels) -> tuple[float, float]:
+  """(threshold, Dice) maximizing the pooled Dice 2TP / (2TP + FP + FN) of `scores >= threshold`
+  against `labels`; (nan, nan) without positives."""
+  values, tp, fp = _ranked_counts(scores, labels)
+  if len(tp) == 0 or tp[-1] == 0:
+    return float("nan"), float("nan")
+  dice = 2.0 * tp / (tp + fp + tp[-1])
+  best = int(np.argmax(dice))
+  return float(values[best]), float(dice[best])
+
+
+def dice_at(scores, labels, threshold: float) -> float:
+  """Pooled Dice of `scores >= threshold` against `labels` (NaN when both are empty)."""
+  predicted = np.asarray(scores).ravel() >= threshold
+  labels = np.asarray(labels).ravel().astype(bool)
+  tp = np.sum(predicted & labels)
+  den = predicted.sum() + labels.sum()
+  return float(2.0 * tp / den) if den else float("nan")

@@ -5,7 +5,13 @@ Localization is scored where the dataset knows the lesion (phantoms' masks, Frac
 masks), on the difference map D (the LE map before clipping, so saturated pixels do not tie):
 
   pointing game   the maximum of the map lies within `tolerance` pixels of the lesion
-  pixel AUROC     of the map's values, lesion pixels against the other pixels, pooled over images
+  pixel AUROC     of the map's values, lesion pixels against the other pixels, pooled over the
+                  abnormal images with a known lesion
+  pixel AUPRC     average precision over the same pixels (unlike AUROC, it does not saturate on
+                  easy background)
+  Dice            pooled over every image of the split (normal images' detections are false
+                  positives) at the map threshold with the best Dice on the threshold split
+                  (the dataset's validation split), so the threshold is never fit on the scores
   inside/outside  mean LE inside and outside the lesion
   normals         mean and 99th percentile of LE over normal images (should stay low)
 
@@ -56,29 +62,52 @@ def centre_prior(h: int, w: int) -> np.ndarray:
   return np.exp(-(((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) / (2 * sigma**2)))
 
 
-def score_maps(examples, maps_by_method, scale, tolerance: int) -> list[dict]:
-  """One row of scores per method. `examples`: dicts with id, label, lesion (cropped [h, w])."""
+def _pixels(examples, maps, with_normals: bool):
+  """Pooled (scores, labels) of the abnormal images with a known lesion (and the normal ones)."""
+  scores, labels = [], []
+  for ex in examples:
+    if (ex["label"] == 1 and ex["lesion"].any()) or (with_normals and ex["label"] == 0):
+      scores.append(np.asarray(maps[ex["id"]]).ravel())
+      labels.append(ex["lesion"].ravel() > 0)
+  if not scores:
+    return np.zeros(0), np.zeros(0, bool)
+  return np.concatenate(scores), np.concatenate(labels)
+
+
+def dice_thresholds(examples, maps_by_method) -> dict[str, float]:
+  """Per method, the map threshold with the best pooled Dice on `examples` (every image)."""
+  return {
+    method: metrics.best_dice_threshold(*_pixels(examples, maps, with_normals=True))[0]
+    for method, maps in maps_by_method.items()
+  }
+
+
+def score_maps(examples, maps_by_method, scale, tolerance: int, thresholds=None) -> list[dict]:
+  """One row of scores per method. `examples`: dicts with id, label, lesion (cropped [h, w]);
+  `thresholds`: per method, the Dice threshold chosen elsewhere (default: on `examples`)."""
+  thresholds = thresholds or dice_thresholds(examples, maps_by_method)
   rows = []
   for method, maps in maps_by_method.items():
-    hits, pixel_scores, pixel_labels, inside, outside, normal_values = [], [], [], [], [], []
+    hits, inside, outside, normal_values = [], [], [], []
     for ex in examples:
       d = maps[ex["id"]]
       le = le_maps.le_map(d, scale) if method == "ALENN" else d
       if ex["label"] == 1 and ex["lesion"].any():
         hits.append(pointing_hit(d, ex["lesion"], tolerance))
-        pixel_scores.append(d.ravel())
-        pixel_labels.append(ex["lesion"].ravel() > 0)
         inside.append(le[ex["lesion"] > 0].mean())
         outside.append(le[ex["lesion"] == 0].mean())
       elif ex["label"] == 0:
         normal_values.append(le.ravel())
     normals = np.concatenate(normal_values) if normal_values else np.zeros(0)
+    scores, labels = _pixels(examples, maps, with_normals=False)
     rows.append(
       {
         "method": method,
         "pointing_game": float(np.mean(hits)) if hits else float("nan"),
-        "pixel_auroc": auroc(np.concatenate(pixel_scores), np.concatenate(pixel_labels))
-        if pixel_scores
+        "pixel_auroc": auroc(scores, labels) if hits else float("nan"),
+        "pixel_auprc": metrics.average_precision(scores, labels) if hits else float("nan"),
+        "dice": metrics.dice_at(*_pixels(examples, maps, with_normals=True), thresholds[method])
+        if hits
         else float("nan"),
         "le_inside_lesion": float(np.mean(inside)) if inside else float("nan"),
         "le_outside_lesion": float(np.mean(outside)) if outside else float("nan"),
@@ -139,8 +168,19 @@ def figure3(examples, d_maps, scale, path: str, title: str) -> None:
   plt.close(fig)
 
 
+def _reference_maps(examples, d_maps, seed: int) -> dict[str, dict[str, np.ndarray]]:
+  """ALENN's maps beside a uniformly random map and a centre prior, for `examples`."""
+  rng = np.random.default_rng(seed)
+  return {
+    "ALENN": d_maps,
+    "random": {ex["id"]: rng.random(ex["image"].shape) for ex in examples},
+    "centre prior": {ex["id"]: centre_prior(*ex["image"].shape) for ex in examples},
+  }
+
+
 def localization_report(config, workdir: str, mesh, scale: float) -> list[dict]:
-  """Figure 3 and `localization.csv` for `config.report.split`."""
+  """Figure 3 and `localization.csv` for `config.report.split`; the Dice thresholds are chosen
+  on `config.data.eval_split`."""
   split = config.report.split
   d_maps = le_maps.read_difference_maps(workdir, split)
   examples = _collect(config, mesh, split)
@@ -151,13 +191,20 @@ def localization_report(config, workdir: str, mesh, scale: float) -> list[dict]:
       figure3(
         chosen, d_maps, scale, os.path.join(report_dir, f"fig3_{name}.png"), f"{name} ({split})"
       )
-  rng = np.random.default_rng(0)
-  references = {
-    "ALENN": d_maps,
-    "random": {ex["id"]: rng.random(ex["image"].shape) for ex in examples},
-    "centre prior": {ex["id"]: centre_prior(*ex["image"].shape) for ex in examples},
-  }
-  rows = score_maps(examples, references, scale, config.report.tolerance)
+  threshold_split = config.data.eval_split
+  threshold_examples = (
+    examples if threshold_split == split else _collect(config, mesh, threshold_split)
+  )
+  threshold_maps = (
+    d_maps if threshold_split == split else le_maps.read_difference_maps(workdir, threshold_split)
+  )
+  thresholds = dice_thresholds(
+    threshold_examples, _reference_maps(threshold_examples, threshold_maps, seed=1)
+  )
+  references = _reference_maps(examples, d_maps, seed=0)
+  rows = score_maps(examples, references, scale, config.report.tolerance, thresholds)
+  for row in rows:
+    row["dice_threshold_split"] = threshold_split
   path = os.path.join(report_dir, "localization.csv")
   with image_io.atomic_open(path, "w") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -166,10 +213,13 @@ def localization_report(config, workdir: str, mesh, scale: float) -> list[dict]:
       writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
   for row in rows:
     logging.info(
-      "localization %-12s pointing %.3f AUROC %.3f LE in/out %.3f/%.3f normals mean %.3f p99 %.3f",
+      "localization %-12s pointing %.3f AUROC %.3f AUPRC %.3f Dice %.3f LE in/out %.3f/%.3f "
+      "normals mean %.3f p99 %.3f",
       row["method"],
       row["pointing_game"],
       row["pixel_auroc"],
+      row["pixel_auprc"],
+      row["dice"],
       row["le_inside_lesion"],
       row["le_outside_lesion"],
       row["normal_le_mean"],
@@ -381,9 +431,10 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
     "## Lesion localization",
     "",
     f"Scored on `{localize.report.split}` where lesion masks exist. Pointing game: the "
-    "map's maximum lies on the lesion; pixel AUROC: lesion pixels against the rest (0.5 is "
-    "chance). ALENN's difference map should beat the random and centre-prior references, and stay "
-    "low on normal images.",
+    "map's maximum lies on the lesion; pixel AUROC / AUPRC: lesion pixels against the rest "
+    "(AUROC 0.5 is chance); Dice: the map thresholded where Dice was best on "
+    f"`{localize.data.eval_split}`, pooled over every image. ALENN's difference map should "
+    "beat the random and centre-prior references, and stay low on normal images.",
     "",
     _markdown_table(_read_csv(os.path.join(report_dir, "localization.csv"))),
     "",

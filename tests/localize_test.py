@@ -1,5 +1,6 @@
 """Sliding-window difference maps, LE maps, the localize job and the localization scores."""
 
+import csv
 import os
 
 import jax
@@ -159,6 +160,18 @@ class ScoresTest(absltest.TestCase):
     self.assertFalse(report.pointing_hit(score, lesion, 1))
     self.assertTrue(report.pointing_hit(score, lesion, 2))
 
+  def test_dice_threshold_comes_from_the_threshold_split(self):
+    lesion = np.zeros((8, 8))
+    lesion[2:4, 2:4] = 1
+    blurred = lesion * 0.6 + 0.1  # Lesion 0.7, background 0.1.
+    examples = [{"id": "a", "label": 1, "lesion": lesion}]
+    maps = {"ALENN": {"a": blurred}}
+    thresholds = report.dice_thresholds(examples, maps)
+    self.assertAlmostEqual(thresholds["ALENN"], 0.7)
+    # A threshold chosen elsewhere that calls everything positive: Dice 2*4 / (64 + 4).
+    (row,) = report.score_maps(examples, maps, 1.0, 0, thresholds={"ALENN": 0.05})
+    self.assertAlmostEqual(row["dice"], 8 / 68)
+
   def test_perfect_map_scores_one(self):
     lesion = np.zeros((8, 8))
     lesion[2:4, 2:4] = 1
@@ -170,6 +183,8 @@ class ScoresTest(absltest.TestCase):
     (row,) = report.score_maps(examples, maps, scale=0.5, tolerance=0)
     self.assertEqual(row["pointing_game"], 1.0)
     self.assertEqual(row["pixel_auroc"], 1.0)
+    self.assertEqual(row["pixel_auprc"], 1.0)
+    self.assertEqual(row["dice"], 1.0)
     self.assertEqual(row["le_inside_lesion"], 1.0)
     self.assertEqual(row["le_outside_lesion"], 0.0)
     self.assertEqual(row["normal_le_p99"], 0.0)
@@ -209,8 +224,12 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     for name in ("fig3_normal.png", "fig3_abnormal.png", "localization.csv"):
       self.assertTrue(os.path.exists(os.path.join(report_dir, name)), name)
     with open(os.path.join(report_dir, "localization.csv")) as f:
-      methods = [line.split(",")[0] for line in f.read().splitlines()[1:]]
-    self.assertEqual(methods, ["ALENN", "random", "centre prior"])
+      rows = list(csv.DictReader(f))
+    self.assertEqual([r["method"] for r in rows], ["ALENN", "random", "centre prior"])
+    for row in rows:
+      for key in ("pixel_auroc", "pixel_auprc", "dice"):
+        self.assertTrue(0.0 <= float(row[key]) <= 1.0, (row["method"], key))
+      self.assertEqual(row["dice_threshold_split"], "validation")
 
     shard = os.path.join(self.workdir, "le_maps", "train", "shard_00000.npz")
     before = os.path.getmtime(shard)

@@ -42,6 +42,30 @@ class ImageMetricsTest(parameterized.TestCase):
       metrics.ssim(jnp.zeros((1, 8, 8, 1)), jnp.zeros((1, 8, 8, 1)), 1.0)
 
 
+class PixelScoresTest(absltest.TestCase):
+  def test_average_precision_matches_sklearn_with_ties(self):
+    rng = np.random.default_rng(7)
+    scores = rng.integers(0, 6, 500).astype(float)
+    labels = rng.random(500) < 0.2
+    self.assertAlmostEqual(
+      metrics.average_precision(scores, labels),
+      skl.average_precision_score(labels, scores),
+      places=10,
+    )
+    self.assertTrue(np.isnan(metrics.average_precision(scores, np.zeros(500, bool))))
+
+  def test_best_dice_threshold_against_a_brute_force_search(self):
+    rng = np.random.default_rng(8)
+    labels = rng.random(400) < 0.1
+    scores = labels * rng.random(400) + rng.random(400) * 0.8
+    threshold, dice = metrics.best_dice_threshold(scores, labels)
+    brute = max((metrics.dice_at(scores, labels, t), t) for t in np.unique(scores))
+    self.assertAlmostEqual(dice, brute[0], places=12)
+    self.assertEqual(threshold, brute[1])
+    self.assertAlmostEqual(metrics.dice_at(scores, labels, threshold), dice, places=12)
+    self.assertEqual(metrics.dice_at([0.9, 0.1], [True, False], 0.5), 1.0)
+
+
 if __name__ == "__main__":
   absltest.main()
 
