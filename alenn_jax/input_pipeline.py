@@ -57,6 +57,7 @@ def data_config() -> ml_collections.ConfigDict:
   config.train_split = "train"
   config.eval_split = "validation"
   config.batch_size = 16  # Global batch size (the paper's 16).
+  config.crop = 0  # Training batches: random crops of this side (px) of the images (0: whole).
   config.seed = 0  # Shuffling and augmentation seed.
   config.num_threads = 2  # Host threads decoding and augmenting.
   config.augment = ml_collections.ConfigDict()
@@ -120,6 +121,7 @@ class _Preprocess:
   size: int
   augment: ml_collections.ConfigDict | None = None
   le_maps: Any = None  # id -> LE map in [0, 1] of the image's own extent (stage 2), or None.
+  crop: int = 0  # Training: a random crop of this side from the `size` square (0: none).
 
   def __call__(self, example: dict, rng: np.random.Generator | None = None) -> dict:
     example_id = example["id"]
@@ -155,7 +157,25 @@ class _Preprocess:
     }
     if le is not None:
       result["le"] = np.clip(le, 0.0, 1.0)[:, :, None]
+    if self.crop and rng is not None and self.crop < self.size:
+      result = _random_crop(result, self.crop, rng)
     return result
+
+
+def _random_crop(example: dict, crop: int, rng: np.random.Generator) -> dict:
+  """The same random `crop` x `crop` window of every map of an example; `valid_box` becomes the
+  image's extent inside the crop."""
+  size = example["image"].shape[0]
+  top, left = (int(v) for v in rng.integers(0, size - crop + 1, 2))
+  out = dict(example)
+  for key in ("image", "lesion_mask", "le"):
+    if key in out:
+      out[key] = out[key][top : top + crop, left : left + crop]
+  y0, x0, h, w = (int(v) for v in example["valid_box"])
+  y1, x1 = min(max(y0 - top, 0), crop), min(max(x0 - left, 0), crop)
+  y2, x2 = min(max(y0 + h - top, 0), crop), min(max(x0 + w - left, 0), crop)
+  out["valid_box"] = np.asarray([y1, x1, y2 - y1, x2 - x1], np.int32)
+  return out
 
 
 _PADDING = {"padding": True}  # Stands for the examples that fill the last evaluation batch.
@@ -323,7 +343,7 @@ def train_iterator(
   local_batch = _local_batch_size(config, mesh)
   source, labels = _open_split(config, split)
   indices = _select(labels, config.labels, config.name, split)
-  preprocess = _Preprocess(config.image_size, config.augment, le_maps)
+  preprocess = _Preprocess(config.image_size, config.augment, le_maps, config.get("crop", 0))
   dataset = (
     grain.MapDataset.source(_Subset(source, indices)).seed(config.seed).shuffle().repeat(None)
   )

@@ -1,9 +1,10 @@
 """Inpainting masks: 1 = keep, 0 = hole. `[B, H, W, 1]` float32.
 
-Training masks mix three kinds, drawn on device inside the train step from a per-step key: random
-rectangles, free-form strokes, and squares of the localization window size (so the generator is
-trained on exactly the task stage 2 gives it). `window_masks` enumerates the sliding windows of
-stage 2.
+Training masks mix four kinds, drawn on device inside the train step from a per-step key: random
+rectangles, free-form strokes, squares of the localization window size at random positions, and
+`grid` masks: windows at exactly the positions the localize job uses (one window, or a
+`multi_window` group of windows `grid_gap` apart), so the generator is trained on exactly the task
+stage 2 gives it. `window_masks` and `window_groups` enumerate the sliding windows of stage 2.
 """
 
 import jax
@@ -11,18 +12,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-KINDS = ("rectangle", "strokes", "window")
+KINDS = ("rectangle", "strokes", "window", "grid")
 
 
 def mask_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.weights = (0.3, 0.3, 0.4)  # Probabilities of rectangle, strokes, window-square masks.
+  config.weights = (0.3, 0.3, 0.4, 0.0)  # Probabilities of rectangle, strokes, window, grid.
   config.rect_min = 0.15  # Rectangle side as a fraction of the image side, min...
   config.rect_max = 0.5  # ... and max.
   config.num_strokes = 4  # Free-form strokes per mask.
   config.stroke_vertices = 5  # Vertices per stroke (a polyline).
   config.stroke_width = 0.06  # Stroke width as a fraction of the image side.
   config.window = 32  # Side of the window squares, pixels (stage 2's localization window).
+  config.grid_stride = 0  # Grid masks: the localize stride (px); 0: half the window.
+  config.grid_gap = 0  # Grid masks: the multi_window gap (px); 0: the window.
+  config.grid_groups = 0.5  # Grid masks: fraction that hide a whole group (the rest one window).
   return config
 
 
@@ -75,14 +79,45 @@ def strokes_mask(key, h: int, w: int, num_strokes: int, vertices: int, width: fl
   return 1.0 - hole.astype(jnp.float32)
 
 
+def grid_layout(h: int, w: int, config) -> tuple[np.ndarray, np.ndarray]:
+  """The localize job's window positions `[K, 2]` and its multi_window groups as indices into
+  them, `[G, M]` padded with -1, for `config`'s window, grid_stride and grid_gap."""
+  window = min(config.window, h, w)
+  stride = config.grid_stride or max(1, window // 2)
+  positions = window_positions(h, w, window, stride)
+  groups = window_groups(h, w, window, stride, config.grid_gap or window)
+  padded = np.full((len(groups), max(len(g) for g in groups)), -1, np.int32)
+  for i, g in enumerate(groups):
+    padded[i, : len(g)] = g
+  return positions, padded
+
+
+def grid_mask(key, h: int, w: int, window: int, positions, groups, group_fraction) -> jax.Array:
+  """One window of the localization grid, or (with probability `group_fraction`) one of its
+  multi_window groups, hidden. `positions`, `groups`: `grid_layout`'s. [H, W]."""
+  window = min(window, h, w)
+  k_use, k_single, k_group = jax.random.split(key, 3)
+  single = jnp.full((groups.shape[1],), -1, jnp.int32)
+  single = single.at[0].set(jax.random.randint(k_single, (), 0, len(positions)))
+  group = jnp.asarray(groups)[jax.random.randint(k_group, (), 0, len(groups))]
+  members = jnp.where(jax.random.bernoulli(k_use, group_fraction), group, single)  # [M]
+  corners = jnp.asarray(positions)[jnp.maximum(members, 0)].astype(jnp.float32)  # [M, 2]
+  yy, xx = _grid(h, w)
+  top, left = corners[:, 0, None, None], corners[:, 1, None, None]
+  inside = (yy >= top) & (yy < top + window) & (xx >= left) & (xx < left + window)
+  hole = jnp.any(inside & (members >= 0)[:, None, None], axis=0)
+  return 1.0 - hole.astype(jnp.float32)
+
+
 def sample_masks(key, batch: int, h: int, w: int, config: ml_collections.ConfigDict) -> jax.Array:
   """`[batch, H, W, 1]` masks, each of a kind drawn with probabilities `config.weights`."""
   weights = jnp.asarray(config.weights, jnp.float32)
   if weights.shape != (len(KINDS),):
     raise ValueError(f"masks.weights must have {len(KINDS)} entries {KINDS}, got {config.weights}.")
+  positions, groups = grid_layout(h, w, config)
 
   def one(k):
-    k_kind, k_rect, k_strokes, k_window = jax.random.split(k, 4)
+    k_kind, k_rect, k_strokes, k_window, k_grid = jax.random.split(k, 5)
     kind = jax.random.categorical(k_kind, jnp.log(weights / weights.sum()))
     options = jnp.stack(
       [
@@ -91,6 +126,7 @@ def sample_masks(key, batch: int, h: int, w: int, config: ml_collections.ConfigD
           k_strokes, h, w, config.num_strokes, config.stroke_vertices, config.stroke_width
         ),
         window_mask(k_window, h, w, config.window),
+        grid_mask(k_grid, h, w, config.window, positions, groups, config.grid_groups),
       ]
     )
     return options[kind]

@@ -1,10 +1,12 @@
 """Stage 1: structure-aware adversarial inpainting, trained on normal images only.
 
 Phase 1 fits the structure generator gen_s (with disc_s) to repaint the RTV structure S of masked
-normal images; phase 2 fits the texture generator gen_t (with disc_t) to repaint the image on top of
-gen_s's structure (gen_s frozen, or fine-tuned by `config.finetune_gen_s`). Losses are the paper's
-eq. 11-12 (see `losses`). S is computed by `rtv.extract_structure` inside the jitted step, and
-masks are drawn on device from a per-step key, so there is no pre-processing pass.
+normal images (whole, or random `config.data.crop`-px crops of them: the generators are fully
+convolutional, so a CPU trains on large images at the cost of small ones); phase 2 fits the
+texture generator gen_t (with disc_t) to repaint the image on top of gen_s's structure (gen_s
+frozen, or fine-tuned by `config.finetune_gen_s`). Losses are the paper's eq. 11-12 (see
+`losses`). S is computed by `rtv.extract_structure` inside the jitted step, and masks are drawn on
+device from a per-step key, so there is no pre-processing pass.
 
 Reads top to bottom: `create_train_state`, `train_step`, `eval_step` (`repaint`), `evaluate`
 (runs the generators over the evaluation split and scores them: the paper's Table 1, PSNR/SSIM of
@@ -344,6 +346,12 @@ def _save(manager, step: int, state: TrainState, data_state, force: bool = False
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains both phases (resuming from `workdir` if it holds a checkpoint), then writes Table 1."""
   checkpointing.check_config(config, workdir, STAGE1_SHAPE_FIELDS)
+  crop, factor = config.data.get("crop", 0), 2**config.model.depth
+  if crop and (crop % factor or crop >= config.data.image_size):
+    raise UserInputError(
+      f"config.data.crop={crop}: training crops must be smaller than config.data.image_size="
+      f"{config.data.image_size} and a multiple of {factor} (2**config.model.depth)."
+    )
   mesh = sharding.make_mesh()
   static = GanSetup.from_config(config)
   total_steps = config.phase1_steps + config.phase2_steps

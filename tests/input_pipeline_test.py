@@ -81,6 +81,30 @@ class PipelineTest(absltest.TestCase):
     self.assertEqual(np.asarray(batch["weight"]).tolist(), [1.0] * 8)
     self.assertLen(batch["id"], 8)
 
+  def test_training_crops_cut_image_and_masks_alike(self):
+    config = self.config(crop=16)
+    config.augment.rotate_deg, config.augment.scale = 0.0, 0.0
+    config.augment.brightness, config.augment.contrast, config.augment.flip = 0.0, 0.0, False
+    batch = next(input_pipeline.train_iterator(config, self.mesh))
+    self.assertEqual(batch["image"].shape, (8, 16, 16, 1))
+    self.assertEqual(batch["lesion_mask"].shape, (8, 16, 16, 1))
+    # Each crop is a window of the whole (unaugmented) letterboxed image.
+    whole = {
+      ex_id: image
+      for b in input_pipeline.eval_iterator(self.config(), self.mesh, "train")
+      for ex_id, image in zip(ids(b), np.asarray(b["image"]), strict=True)
+    }
+    for ex_id, crop in zip(ids(batch), np.asarray(batch["image"]), strict=True):
+      full = whole[ex_id][..., 0]
+      found = any(
+        np.allclose(full[y : y + 16, x : x + 16], crop[..., 0], atol=1e-5)
+        for y in range(33)
+        for x in range(33)
+      )
+      self.assertTrue(found, ex_id)
+    boxes = np.asarray(batch["valid_box"])
+    self.assertTrue(np.all((boxes[:, 2:] >= 0) & (boxes[:, :2] + boxes[:, 2:] <= 16)))
+
   def test_labels_keep_only_normals(self):
     iterator = input_pipeline.train_iterator(self.config(labels=(0,)), self.mesh)
     for _ in range(3):

@@ -44,10 +44,26 @@ class MasksTest(parameterized.TestCase):
 
   def test_sample_masks_only_windows_when_weighted_so(self):
     config = masks.mask_config()
-    config.weights = (0.0, 0.0, 1.0)
+    config.weights = (0.0, 0.0, 1.0, 0.0)
     config.window = 4
     m = np.asarray(masks.sample_masks(jax.random.PRNGKey(2), 16, 16, 16, config))
     np.testing.assert_array_equal((1 - m).sum(axis=(1, 2, 3)), 16)
+
+  def test_grid_masks_are_the_localize_windows_and_groups(self):
+    config = masks.mask_config()
+    config.weights = (0.0, 0.0, 0.0, 1.0)
+    config.window, config.grid_stride, config.grid_gap = 8, 4, 8
+    m = np.asarray(masks.sample_masks(jax.random.PRNGKey(3), 64, 32, 32, config))[..., 0]
+    positions = masks.window_positions(32, 32, 8, 4)
+    groups = masks.window_groups(32, 32, 8, 4, 8)
+    allowed = [masks.hole_masks(32, 32, 8, p[None])[..., 0] for p in positions]
+    allowed += [masks.hole_masks(32, 32, 8, positions[g])[..., 0] for g in groups]
+    allowed = np.stack(allowed)
+    kinds = set()
+    for mask in m:
+      self.assertTrue(np.any(np.all(allowed == mask, axis=(1, 2))))
+      kinds.add(bool((mask == 0).sum() > 64))
+    self.assertEqual(kinds, {False, True})  # Single windows and whole groups both occur.
 
   @parameterized.parameters((32, 32, 8, 8), (32, 40, 8, 6), (33, 31, 9, 4), (16, 16, 16, 4))
   def test_window_masks_cover_every_pixel(self, h, w, window, stride):
