@@ -205,6 +205,7 @@ class TrainedGenerator:
 def load_generator(workdir: str, step: int | None = None, mesh=None) -> TrainedGenerator:
   """The stage 1 generators of `workdir` at `step` (None: the latest checkpoint), built from the
   config stored there; only the generators' weights are read."""
+  workdir = os.path.abspath(workdir)  # Orbax reads absolute paths only.
   config = read_stored_config(workdir, "inpainting", "stage 1 run")
   mesh = mesh or sharding.make_mesh()
   gen_s, gen_t, _, _ = inpainting.build(config.model)
@@ -263,6 +264,7 @@ def classifier_shapes(model, config):
 def load_classifier(workdir: str, which: str | int = "best", mesh=None) -> TrainedClassifier:
   """The classifier of `workdir`, built from the config stored there: `which` is "best" (the
   checkpoint selected on validation), "latest", or a step number; only the weights are read."""
+  workdir = os.path.abspath(workdir)  # Orbax reads absolute paths only.
   config = read_stored_config(workdir, "classifier", "classifier run")
   mesh = mesh or sharding.make_mesh()
   model = models.classifier_from_config(config)

@@ -96,7 +96,7 @@ class TrainAndEvaluateTest(helpers.PhantomsTestCase):
     self.assertTrue(helpers.leaves_equal(generator.params["gen_s"], state_a.gen_s.params))
     self.assertTrue(helpers.leaves_equal(generator.params["gen_t"], state_a.gen_t.params))
     self.assertEqual(generator.rtv, rtv.RTVParams.from_config(config.rtv))
-    earlier = checkpointing.load_generator(workdir_a, step=4)
+    earlier = checkpointing.load_generator(os.path.relpath(workdir_a), step=4)  # Relative too.
     self.assertEqual(earlier.step, 4)
     with self.assertRaisesRegex(UserInputError, "no stage 1 checkpoint of step 5"):
       checkpointing.load_generator(workdir_a, step=5)
