@@ -1,12 +1,18 @@
-"""Sliding-window localization: the vmapped, chunked path against a per-window loop.
+"""LE-map methods against the paper's per_window, in the same process, on the same phantoms.
 
-  python -m benchmarks.localize_bench [--sizes 64 128] [--batch 4]
+  python -m benchmarks.localize_bench [--sizes 128 256] [--models small] [--images 4]
+      [--stage1_workdir W]      # a trained stage 1 (its own model size) instead of random weights
 
-Both run in this process with the same generator (the stage 1 `small` model, random weights: speed
-does not depend on them) on the same phantoms: the vmapped path is one jitted `difference_map`
-call over all windows; the loop calls a jitted single-window inpainting once per window. Then the
-time to map MURA elbow (5,396 images) at 224 px with window 32 / stride 16 is projected from the
-vmapped path's measured windows/s at that size, for the small and the full model.
+For each image size, model and method (`per_window`, `multi_window` with gap = window, `context`
+with a crop of 4 windows), one jitted `difference_map` call maps a batch of abnormal phantoms. It
+reports the wall time per map (after compilation), the generator FLOPs per map (XLA's cost
+analysis of one inpainting pass at the pass's size, times the passes a map needs: XLA counts a
+loop body once, so the whole map's count would be too low), and agreement with per_window: the
+Pearson r of D over all pixels and the difference in pixel AUROC of D against the lesion masks.
+With random weights the agreement measures only the mechanics; give a trained generator for
+meaningful agreement. Window 16 / stride 8 at 128 px and 32 / 16 at 256 px (the `full` configs').
+Then the time to map MURA elbow (5,396 images) at 224 px (window 32 / stride 16) is projected from
+each method's measured maps/s at 256 px. The last line is the summary.
 """
 
 import argparse
@@ -16,103 +22,165 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alenn_jax import localize, rtv
+from alenn_jax import checkpointing, localize, report, rtv
 from alenn_jax import masks as masks_lib
-from alenn_jax import train_inpainting as ti
 from alenn_jax.datasets.phantoms import render
+from alenn_jax.models import inpainting
 from benchmarks.common import machine_description
 from configs import stage1
 
 MURA_ELBOW_IMAGES = 5396
+METHODS = ("per_window", "multi_window", "context")
 
 
-def setup(size_name: str, image_size: int, batch: int):
-  config = stage1.get_config(size_name)
-  static = ti.GanSetup.from_config(config)
-  state = ti.create_train_state(config, static, jax.random.PRNGKey(0), image_size)
-  params = {"gen_s": state.gen_s.params, "gen_t": state.gen_t.params}
-  images = np.stack([render.render_phantom(i, image_size, None)[0] for i in range(batch)])
-  images = jnp.asarray(images[..., None].astype(np.float32) / 127.5 - 1.0)
-  structure = jax.jit(lambda x: rtv.structure_of(x, static.rtv))(images)
-  return static, params, images, structure
+def generator(model: str, workdir: str | None):
+  """(gen_s, gen_t, params, rtv params, name) of a trained workdir or a fresh `model`."""
+  if workdir:
+    g = checkpointing.load_generator(workdir)
+    return g.gen_s, g.gen_t, g.params, g.rtv, f"trained ({workdir}, step {g.step})"
+  config = stage1.get_config(model)
+  gen_s, gen_t, _, _ = inpainting.build(config.model)
+  x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+  k_s, k_t = jax.random.split(jax.random.PRNGKey(0))
+  params = {"gen_s": gen_s.init(k_s, x)["params"], "gen_t": gen_t.init(k_t, x)["params"]}
+  rtv_params = rtv.RTVParams.from_config(config.rtv)
+  return gen_s, gen_t, params, rtv_params, f"{model}, random weights"
 
 
-def time_vmapped(static, params, images, structure, window, stride, chunk, repeats=2) -> float:
-  fn = jax.jit(
-    lambda p, i, s: localize.difference_map(
-      p,
-      i,
-      s,
-      inpaint_fn=localize.stage1_inpaint_fn(static.gen_s, static.gen_t),
-      window=window,
-      stride=stride,
-      chunk=chunk,
+def phantoms(size: int, count: int):
+  """`count` abnormal phantoms (each lesion kind in turn) in [-1, 1] and their lesion masks."""
+  images, lesions = [], []
+  for i in range(count):
+    image, mask = render.render_phantom(3_000_000 + i, size, render.LESION_KINDS[i % 4])
+    images.append(image.astype(np.float32) / 127.5 - 1.0)
+    lesions.append(mask)
+  return jnp.asarray(np.stack(images)[..., None]), np.stack(lesions)
+
+
+def method_args(method: str, window: int) -> dict:
+  if method == "multi_window":
+    return {"gap": window}
+  if method == "context":
+    return {"context": 4 * window}
+  return {}
+
+
+def passes(method: str, size: int, window: int, stride: int) -> tuple[int, int]:
+  """(passes per map, side of each pass's input)."""
+  k = len(masks_lib.window_positions(size, size, window, stride))
+  if method == "multi_window":
+    return len(masks_lib.window_groups(size, size, window, stride, window)), size
+  if method == "context":
+    return k, min(4 * window, size)
+  return k, size
+
+
+def pass_flops(inpaint, params, side: int, batch: int) -> float:
+  x = jnp.zeros((batch, side, side, 1), jnp.float32)
+  compiled = jax.jit(inpaint).lower(params, x, x, jnp.ones_like(x)).compile()
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, list) else analysis
+  return float(analysis["flops"])
+
+
+def run_case(gen, size: int, count: int, chunk: int, repeats: int) -> dict:
+  gen_s, gen_t, params, rtv_params, _ = gen
+  window, stride = (16, 8) if size <= 128 else (32, 16)
+  images, lesions = phantoms(size, count)
+  structure = jax.jit(lambda x: rtv.structure_of(x, rtv_params))(images)
+  inpaint = localize.stage1_inpaint_fn(gen_s, gen_t)
+  flops_at = {}
+  out = {}
+  for method in METHODS:
+    fn = jax.jit(
+      lambda p, i, s, method=method: localize.difference_map(
+        p,
+        i,
+        s,
+        inpaint_fn=inpaint,
+        window=window,
+        stride=stride,
+        chunk=chunk,
+        method=method,
+        **method_args(method, window),
+      )
     )
-  )
-  fn(params, images, structure).block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(repeats):
-    fn(params, images, structure).block_until_ready()
-  return (time.perf_counter() - t0) / repeats
-
-
-def time_loop(static, params, images, structure, window, stride) -> float:
-  inpaint = jax.jit(localize.stage1_inpaint_fn(static.gen_s, static.gen_t))
-  h, w = images.shape[1:3]
-  masks = jnp.asarray(masks_lib.window_masks(h, w, window, stride))
-  inpaint(
-    params, images, structure, jnp.broadcast_to(masks[0][None], images.shape)
-  ).block_until_ready()
-  t0 = time.perf_counter()
-  total = jnp.zeros_like(images)
-  for mask in masks:
-    mask = jnp.broadcast_to(mask[None], images.shape)
-    composite = inpaint(params, images, structure, mask)
-    total = total + jnp.abs(images - composite) * (1 - mask)
-  total.block_until_ready()
-  return time.perf_counter() - t0
+    d = np.asarray(fn(params, images, structure))[..., 0]  # Compiles.
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+      fn(params, images, structure).block_until_ready()
+    seconds = (time.perf_counter() - t0) / repeats / count
+    n, side = passes(method, size, window, stride)
+    if side not in flops_at:
+      flops_at[side] = pass_flops(inpaint, params, side, 1)
+    out[method] = {
+      "window": f"{window}/{stride}",
+      "passes": n,
+      "side": side,
+      "seconds": seconds,
+      "gflops": n * flops_at[side] / 1e9,
+      "d": d,
+      "auroc": report.auroc(d.ravel(), lesions.ravel() > 0),
+    }
+  return out
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+  parser.add_argument("--models", nargs="+", default=["small"])
+  parser.add_argument("--images", type=int, default=4)
   parser.add_argument("--chunk", type=int, default=16)
+  parser.add_argument("--repeats", type=int, default=1)
+  parser.add_argument("--stage1_workdir", default=None)
   args = parser.parse_args()
   print(f"machine: {machine_description()}\n")
   print(
-    "| model | image | window/stride | windows per image | vmapped windows/s | loop windows/s "
-    "| speed-up | vmapped images/s |"
+    "| generator | image | window/stride | method | passes per map | pass side | s per map | "
+    "GFLOP per map | wall vs per_window | FLOPs vs per_window | Pearson r | pixel AUROC | "
+    "AUROC delta |"
   )
-  print("|---|---|---|---|---|---|---|---|")
-  for size in args.sizes:
-    window, stride = 16, 8
-    static, params, images, structure = setup("small", size, args.batch)
-    k = len(masks_lib.window_positions(size, size, window, stride))
-    t_vmap = time_vmapped(static, params, images, structure, window, stride, args.chunk)
-    t_loop = time_loop(static, params, images, structure, window, stride)
-    n = k * args.batch
-    print(
-      f"| small | {size} | {window}/{stride} | {k} | {n / t_vmap:.1f} | {n / t_loop:.1f} | "
-      f"{t_loop / t_vmap:.1f}x | {args.batch / t_vmap:.2f} |",
-      flush=True,
-    )
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  models = [None] if args.stage1_workdir else args.models
+  summary = None
+  projections = []
+  for model in models:
+    gen = generator(model, args.stage1_workdir)
+    for size in args.sizes:
+      results = run_case(gen, size, args.images, args.chunk, args.repeats)
+      base = results["per_window"]
+      for method, r in results.items():
+        pearson = float(np.corrcoef(r["d"].ravel(), base["d"].ravel())[0, 1])
+        r["wall_x"] = base["seconds"] / r["seconds"]
+        r["flops_x"] = base["gflops"] / r["gflops"]
+        r["delta"] = r["auroc"] - base["auroc"]
+        print(
+          f"| {gen[4]} | {size} | {r['window']} | {method} | {r['passes']} | {r['side']} | "
+          f"{r['seconds']:.3f} | {r['gflops']:.1f} | {r['wall_x']:.1f}x | {r['flops_x']:.1f}x | "
+          f"{pearson:.3f} | {r['auroc']:.3f} | {r['delta']:+.3f} |",
+          flush=True,
+        )
+      if size == max(args.sizes):
+        fastest = max((m for m in results if m != "per_window"), key=lambda m: results[m]["wall_x"])
+        summary = (fastest, results[fastest])
+        k224 = {m: passes(m, 224, 32, 16)[0] for m in METHODS}
+        k256 = {m: results[m]["passes"] for m in METHODS}
+        for method in METHODS:
+          # Seconds per map scale with passes and pixels per pass from 256 to 224 px.
+          side224 = min(4 * 32, 224) if method == "context" else 224
+          scale = k224[method] / k256[method] * (side224 / results[method]["side"]) ** 2
+          hours = MURA_ELBOW_IMAGES * results[method]["seconds"] * scale / 3600
+          projections.append((gen[4], method, hours))
   print("\nProjection: MURA elbow, 5,396 images at 224 px, window 32 / stride 16")
-  print("| model | windows per image | measured windows/s | projected hours |")
-  print("|---|---|---|---|")
-  k = len(masks_lib.window_positions(224, 224, 32, 16))
-  for size_name, n in (("small", args.chunk), ("full", 4)):
-    # The vmapped path inpaints `chunk` windows at a time; time such a batch at 224 px.
-    static, params, images, structure = setup(size_name, 224, n)
-    mask = jnp.broadcast_to(jnp.asarray(masks_lib.window_masks(224, 224, 32, 16)[:n]), images.shape)
-    inpaint = jax.jit(localize.stage1_inpaint_fn(static.gen_s, static.gen_t))
-    inpaint(params, images, structure, mask).block_until_ready()
-    t0 = time.perf_counter()
-    inpaint(params, images, structure, mask).block_until_ready()
-    rate = n / (time.perf_counter() - t0)
-    print(
-      f"| {size_name} | {k} | {rate:.2f} | {MURA_ELBOW_IMAGES * k / rate / 3600:.1f} |", flush=True
-    )
+  print("| generator | method | projected hours |")
+  print("|---|---|---|")
+  for name, method, hours in projections:
+    print(f"| {name} | {method} | {hours:.2f} |")
+  method, r = summary
+  print(
+    f"\nsummary: {method} vs per_window at {max(args.sizes)} px: {r['wall_x']:.1f}x wall, "
+    f"{r['flops_x']:.1f}x fewer FLOPs, pixel AUROC delta {r['delta']:+.3f}"
+  )
 
 
 if __name__ == "__main__":
