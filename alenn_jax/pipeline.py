@@ -83,6 +83,16 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   share(config.stage1.data)
   share(config.localize.data)
   config.localize.report.split = test_split
+  # Stage 1's grid masks hide the windows the LE maps will repaint, where they will repaint them.
+  masks, loc = config.stage1.masks, config.localize
+  if loc.window and loc.window != masks.window:
+    raise UserInputError(
+      f"config.localize.window={loc.window} differs from config.stage1.masks.window="
+      f"{masks.window}: stage 1 is trained on the windows the LE maps use; set both, or leave "
+      "localize.window at 0."
+    )
+  masks.grid_stride = loc.stride
+  masks.grid_gap = loc.gap if loc.method == "multi_window" else 0
   for backbone in config.backbones:
     if backbone not in config.stage2:
       raise UserInputError(

@@ -389,7 +389,10 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
     f"{jax.process_count()} process(es).",
     f"- Stage 1: model {dict(config.stage1.model)}, {config.stage1.phase1_steps} + "
     f"{config.stage1.phase2_steps} steps at batch {config.stage1.data.batch_size}.",
-    f"- LE maps: window {localize.window} px, stride {localize.stride} px; scale = "
+    f"- LE maps: {localize.method}"
+    + (f" (gap {localize.gap} px)" if localize.method == "multi_window" else "")
+    + (f" (crop {localize.context} px)" if localize.method == "context" else "")
+    + f", window {localize.window} px, stride {localize.stride} px; scale = "
     f"the {localize.percentile:g}th percentile of D over the training normals.",
     f"- Classifiers: {', '.join(config.backbones)}, each with fusion "
     f"{' and '.join(config.fusions)}; checkpoints selected by kappa on `{data.eval_split}`, "

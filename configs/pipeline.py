@@ -45,8 +45,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.stage1.phase2_steps = 300
     config.stage1.eval_every = 250
     config.stage1.checkpoint_every = 100
+    # Overlapping windows (stride < window, as in the paper), repainted a group of windows 16 px
+    # apart per pass: 16 passes per 64-px image, as many as non-overlapping windows one by one.
+    # Stage 1 is trained on that grid (masks.weights[3]); BENCHMARKS.md has the measurements.
+    config.localize.method = "multi_window"
     config.localize.window = config.stage1.masks.window
-    config.localize.stride = config.localize.window
+    config.localize.stride = config.localize.window // 2
+    config.localize.gap = config.localize.window
+    config.stage1.masks.weights = (0.2, 0.2, 0.2, 0.4)
     for b in BACKBONES:
       config.stage2[b].num_train_steps = 300
   return config
