@@ -78,13 +78,12 @@ def read_scale_record(workdir: str) -> dict | None:
 
 
 def read_scale(workdir: str) -> float:
-  path = scale_path(workdir)
-  if not os.path.exists(path):
+  record = read_scale_record(workdir)
+  if record is None:
     raise UserInputError(
-      f"no {path}; run the localize job (configs/localize.py) on {workdir} first."
+      f"no {scale_path(workdir)}; run the localize job (configs/localize.py) on {workdir} first."
     )
-  with open(path) as f:
-    return float(json.load(f)["scale"])
+  return float(record["scale"])
 
 
 def read_le_maps(workdir: str, split: str) -> dict[str, np.ndarray]:
