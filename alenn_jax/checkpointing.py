@@ -197,10 +197,6 @@ class TrainedGenerator:
   def image_size(self) -> int:
     return int(self.config.data.image_size)
 
-  def inpaint(self, params, images, structure, mask):
-    """The composited repainting, as `localize.difference_map` takes it (`inpaint_fn`)."""
-    return inpainting.inpaint(self.gen_s, self.gen_t, params, images, structure, mask)[2]
-
 
 def load_generator(workdir: str, step: int | None = None, mesh=None) -> TrainedGenerator:
   """The stage 1 generators of `workdir` at `step` (None: the latest checkpoint), built from the

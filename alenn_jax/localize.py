@@ -57,17 +57,6 @@ INHERITED_DATA_FIELDS = (
 )
 
 
-def _window_hole_sets(h: int, w: int, window: int, stride: int, method: str, gap: int):
-  """`[G, H, W, 1]` masks, each hiding the windows one inpainting pass repaints: one window per
-  pass (`per_window`), or a group of windows at least `gap` pixels apart (`multi_window`)."""
-  positions = masks_lib.window_positions(h, w, window, stride)
-  if method == "multi_window":
-    groups = masks_lib.window_groups(h, w, window, stride, gap)
-  else:
-    groups = [np.asarray([k]) for k in range(len(positions))]
-  return np.stack([masks_lib.hole_masks(h, w, window, positions[g]) for g in groups])
-
-
 def _chunked(arrays, chunk: int, pad_values):
   """Each `[K, ...]` array padded along axis 0 to a multiple of `chunk` (with its pad value) and
   reshaped to `[K / chunk, chunk, ...]`."""
@@ -121,12 +110,14 @@ def difference_map(
     raise ValueError(f"method={method!r}; use one of {', '.join(METHODS)}.")
   _, h, w, _ = images.shape
   positions = masks_lib.window_positions(h, w, window, stride)
-  coverage = masks_lib.window_masks(h, w, window, stride)
-  coverage = (1.0 - coverage).sum(axis=0)  # [H, W, 1], >= 1 everywhere.
+  holes = masks_lib.window_masks(h, w, window, stride)  # [K, H, W, 1]: one window per pass.
+  coverage = (1.0 - holes).sum(axis=0)  # [H, W, 1], >= 1 everywhere.
   if method == "context" and (context < h or context < w):
     total = _context_sum(params, images, structure, inpaint_fn, window, positions, chunk, context)
     return total / jnp.asarray(coverage)
-  holes = _window_hole_sets(h, w, window, stride, method, gap)  # [G, H, W, 1]
+  if method == "multi_window":  # [G, H, W, 1]: each pass hides a group of windows.
+    groups = masks_lib.window_groups(h, w, window, stride, gap)
+    holes = np.stack([masks_lib.hole_masks(h, w, window, positions[g]) for g in groups])
   (holes,) = _chunked([holes], chunk, [1.0])  # Padding passes hide nothing, so add nothing.
 
   def one_pass(mask):
@@ -333,7 +324,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with config.unlocked():
     # Recorded with the maps (W/config_localize.json), so maps of another generator are stale.
     config.generator = ml_collections.ConfigDict(
-      {"workdir": os.path.abspath(source), "step": generator.step}
+      {"workdir": generator.workdir, "step": generator.step}
     )
   checkpointing.check_config(config, workdir, MAP_FIELDS, (le_maps.LE_MAPS,))
   step = make_map_step(config, generator)

@@ -192,12 +192,10 @@ def localization_report(config, workdir: str, mesh, scale: float) -> list[dict]:
         chosen, d_maps, scale, os.path.join(report_dir, f"fig3_{name}.png"), f"{name} ({split})"
       )
   threshold_split = config.data.eval_split
-  threshold_examples = (
-    examples if threshold_split == split else _collect(config, mesh, threshold_split)
-  )
-  threshold_maps = (
-    d_maps if threshold_split == split else le_maps.read_difference_maps(workdir, threshold_split)
-  )
+  threshold_examples, threshold_maps = examples, d_maps
+  if threshold_split != split:
+    threshold_examples = _collect(config, mesh, threshold_split)
+    threshold_maps = le_maps.read_difference_maps(workdir, threshold_split)
   thresholds = dice_thresholds(
     threshold_examples, _reference_maps(threshold_examples, threshold_maps, seed=1)
   )
