@@ -9,7 +9,10 @@ import tempfile
 
 import jax
 import numpy as np
+import pydicom
 from absl.testing import parameterized
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from alenn_jax import checkpointing, datasets
 
@@ -57,3 +60,50 @@ def stage1_generator(workdir: str):
   config as later stages load it."""
   generator = checkpointing.load_generator(workdir)
   return generator.params["gen_s"], generator.params["gen_t"], generator.step
+
+
+def write_dicom(
+  path: str,
+  stored: np.ndarray,
+  *,
+  photometric: str = "MONOCHROME2",
+  bits_stored: int = 12,
+  slope: float = 1.0,
+  intercept: float = 0.0,
+  window: tuple[float, float] | None = None,
+  frames: int = 1,
+  pixels: bool = True,
+  syntax: str = ExplicitVRLittleEndian,
+) -> None:
+  """A single-frame (or `frames`-frame) greyscale DICOM file of uint16 `stored` values, written
+  with pydicom as a modality would; with a compressed `syntax`, its pixel data is a stub that
+  only that syntax's decoder would try to read."""
+  meta = FileMetaDataset()
+  meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-ray, presentation.
+  meta.MediaStorageSOPInstanceUID = generate_uid()
+  meta.TransferSyntaxUID = syntax
+  ds = pydicom.Dataset()
+  ds.file_meta = meta
+  ds.SOPClassUID = meta.MediaStorageSOPClassUID
+  ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+  ds.Modality = "DX"
+  if pixels:
+    stored = np.asarray(stored, np.uint16)
+    if frames > 1:
+      ds.NumberOfFrames = frames
+      stored = np.stack([stored] * frames)
+    ds.Rows, ds.Columns = stored.shape[-2:]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    if window is not None:
+      ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = stored.tobytes()
+    if pydicom.uid.UID(syntax).is_compressed:  # Not decodable: for the missing-decoder error.
+      ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f\xff\x51" + bytes(64)])
+  ds.save_as(path, enforce_file_format=True)

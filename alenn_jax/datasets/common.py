@@ -62,7 +62,11 @@ def grey_fitted(image: Image.Image, max_side: int) -> np.ndarray:
 
 
 def to_grey_uint8(image: Image.Image) -> np.ndarray:
-  """Any PIL image -> uint8 [H, W] grey (16-bit scaled down, colour converted with ITU-R 601)."""
+  """Any PIL image -> uint8 [H, W] grey (16-bit scaled down, colour converted with ITU-R 601, a
+  float image ("F", as `image_io.read_dicom` gives) taken as [0, 1])."""
+  if image.mode == "F":
+    array = np.asarray(image, np.float64)
+    return np.clip(np.round(array * 255.0), 0, 255).astype(np.uint8)
   if image.mode in ("I;16", "I;16B", "I;16L", "I"):
     array = np.asarray(image, np.float64)
     peak = 65535.0 if array.max() > 255 else 255.0
