@@ -51,7 +51,8 @@ def data_config() -> ml_collections.ConfigDict:
     "phantoms/px128"  # A dataset of alenn_jax.datasets: phantoms/..., mura/..., fracatlas/...
   )
   config.data_dir = "~/tensorflow_datasets"  # Where built datasets live (built there on first use).
-  config.manual_dir = ""  # The unpacked MURA or FracAtlas files (not needed for phantoms).
+  config.manual_dir = ""  # The unpacked MURA or FracAtlas files, or your folder (not phantoms).
+  config.group_by = "path"  # folder datasets: split by hashing each "path" or its "parent" folder.
   config.image_size = 128  # Side S of the letterboxed square images.
   config.labels = (0, 1)  # Labels to keep: (0,) for normals only (stage 1).
   config.train_split = "train"
@@ -220,14 +221,17 @@ def _prepared_builder(config: ml_collections.ConfigDict, split: str | None):
   """The dataset's builder, built first if needed; `split` (unless None) must exist."""
   data_dir = _expand(config.data_dir)
   manual_dir = _expand(config.manual_dir) if config.manual_dir else None
-  builder = datasets.get_builder(config.name, data_dir)
+  group_by = config.get("group_by") or None
+  builder = datasets.get_builder(config.name, data_dir, group_by=group_by)
   if not builder.is_prepared():
     if jax.process_count() > 1:
       raise UserInputError(
         f"config.data.name={config.name!r} is not built in {data_dir}; on several hosts, build it "
         "first with python -m alenn_jax.datasets.prepare."
       )
-    builder = datasets.build(config.name, data_dir, manual_dir)
+    builder = datasets.build(config.name, data_dir, manual_dir, group_by=group_by)
+  elif config.name.partition("/")[0] == "folder":
+    datasets.folder.check_source(builder, manual_dir)
   if split is not None and split not in builder.info.splits:
     missing = builder.info.metadata.get("missing_splits", [])
     why = (

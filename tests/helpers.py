@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pydicom
 from absl.testing import parameterized
+from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -107,3 +108,40 @@ def write_dicom(
     if pydicom.uid.UID(syntax).is_compressed:  # Not decodable: for the missing-decoder error.
       ds.PixelData = pydicom.encaps.encapsulate([b"\xff\x4f\xff\x51" + bytes(64)])
   ds.save_as(path, enforce_file_format=True)
+
+
+def picture(size: int = 48) -> np.ndarray:
+  """A smooth uint8 test picture (a bright bar on a ramp), the same every call."""
+  yy, xx = np.mgrid[0:size, 0:size] / size
+  bar = (np.abs(xx - 0.5) < 0.12).astype(float)
+  return np.round(255 * np.clip(0.2 + 0.3 * yy + 0.45 * bar, 0, 1)).astype(np.uint8)
+
+
+def make_image_folder(root: str, size: int = 48) -> dict[str, str]:
+  """A folder of one picture in every form a user may have: grey PNG, JPEG, RGB PNG, DICOM
+  MONOCHROME2 and MONOCHROME1 (stored inverted), a suffix-less DICOM, and a corrupt file.
+  Returns {form: path}."""
+  pic = picture(size)
+  os.makedirs(root, exist_ok=True)
+  paths = {form: os.path.join(root, name) for form, name in FOLDER_FORMS.items()}
+  Image.fromarray(pic).save(paths["png"])
+  Image.fromarray(pic).save(paths["jpeg"], quality=95)
+  Image.fromarray(np.stack([pic] * 3, axis=-1)).save(paths["rgb"])
+  stored = pic.astype(np.uint16) * 16  # 12-bit values.
+  write_dicom(paths["dicom2"], stored)
+  write_dicom(paths["dicom1"], 4095 - stored, photometric="MONOCHROME1")
+  write_dicom(paths["dicom_bare"], stored)
+  with open(paths["corrupt"], "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + bytes(20))
+  return paths
+
+
+FOLDER_FORMS = {
+  "png": "grey.png",
+  "jpeg": "photo.jpg",
+  "rgb": "colour.png",
+  "dicom2": "mono2.dcm",
+  "dicom1": "mono1.dcm",
+  "dicom_bare": "IM0001",
+  "corrupt": "broken.png",
+}
