@@ -1,7 +1,6 @@
-"""Reading radiographs: DICOM as a viewer shows it, and a one-line reason for what cannot be read."""
+"""Reading radiographs: DICOM as a viewer shows it, and one line saying why a file is unreadable."""
 
 import os
-import tempfile
 
 import numpy as np
 from absl.testing import absltest, parameterized
