@@ -15,6 +15,7 @@ from alenn_jax import (
   config_checks,
   localize,
   pipeline,
+  predict,
   rtv_demo,
   train_classifier,
   train_inpainting,
@@ -72,6 +73,7 @@ def _trainers():
     },
     "rtv_demo": {"run": rtv_demo.run},
     "pipeline": {"run": pipeline.run},
+    "predict": {"run": predict.run},
   }
 
 

@@ -163,6 +163,13 @@ class _Preprocess:
     return result
 
 
+def eval_preprocess(size: int, le_maps=None):
+  """`example -> batch entry` exactly as evaluation prepares an example (letterboxed to `size`,
+  no augmentation; `le_maps`: id -> LE map of the image's own extent, or None). An example is a
+  dict with `image` and `lesion_mask` (uint8 `[h, w]`), `label` and `id`."""
+  return _Preprocess(size, None, le_maps)
+
+
 def _random_crop(example: dict, crop: int, rng: np.random.Generator) -> dict:
   """The same random `crop` x `crop` window of every map of an example; `valid_box` becomes the
   image's extent inside the crop."""

@@ -1,15 +1,21 @@
 """The one-command pipeline: the :smoke config end to end, then again to prove nothing reruns."""
 
 import csv
+import glob
 import math
 import os
 import shutil
 import tempfile
 
+import numpy as np
 from absl.testing import absltest
+from PIL import Image
 
-from alenn_jax import pipeline
+from alenn_jax import datasets, pipeline, predict
+from alenn_jax.errors import UserInputError
 from configs import pipeline as pipeline_config
+from configs import predict as predict_config
+from tests import helpers
 
 
 def smoke_config(data_dir: str):
@@ -112,6 +118,113 @@ class PipelineTest(absltest.TestCase):
     self.assertTrue(os.path.exists(os.path.join(stage, "done.json")))
     now = mtimes(workdir)
     self.assertEqual({p: now[p] for p in kept}, kept)
+
+  # --- Predicting new images with the trained pipeline (configs/predict.py).
+
+  def predict(self, out: str, images: str, from_workdir: str | None = None):
+    config = predict_config.get_config()
+    config.from_workdir = from_workdir or self.workdir
+    config.images = images
+    return predict.run(config, out)
+
+  def new_images(self) -> tuple[str, list[str]]:
+    """A folder with one picture in every form (and a corrupt file), and 6 test-split phantoms
+    as PNGs: (folder, the phantoms' ids)."""
+    root = os.path.join(self.tmp, "new_images")
+    if not os.path.isdir(root):
+      helpers.make_image_folder(os.path.join(root, "forms"))
+      source = datasets.get_builder("phantoms/px64", self.data_dir).as_data_source("test")
+      for i in range(6):
+        example = source[i]
+        name = example["id"].decode().replace("/", "_")
+        Image.fromarray(example["image"][..., 0]).save(os.path.join(root, f"{name}.png"))
+    ids = sorted(os.path.splitext(f)[0].replace("_", "/", 1) for f in os.listdir(root) if "." in f)
+    return root, ids
+
+  def test_predict_every_image_form_as_the_classifiers_own_evaluation_does(self):
+    root, ids = self.new_images()
+    out = os.path.join(self.tmp, "predicted")
+    result = self.predict(out, root)
+    with open(os.path.join(out, "predictions.csv")) as f:
+      rows = {os.path.relpath(r["path"], root): r for r in csv.DictReader(f)}
+    forms = {form: f"forms/{name}" for form, name in helpers.FOLDER_FORMS.items()}
+    self.assertEqual(len(rows), 12)  # 6 forms (not the corrupt file) and 6 phantoms.
+    self.assertEqual(result["skipped"], 1)
+    with open(os.path.join(out, "skipped.csv")) as f:
+      (skipped,) = list(csv.DictReader(f))
+    self.assertEqual(skipped["path"], os.path.join(root, forms["corrupt"]))
+    self.assertIn("cannot read image", skipped["reason"])
+    columns = [c for c in result["columns"] if c.startswith("p_abnormal_")]
+    self.assertEqual(
+      columns,
+      [f"p_abnormal_{b}_{f}" for b in ("densenet121", "resnet50") for f in ("enhance", "none")],
+    )
+    # The two DICOMs (one stored inverted) are the same picture: same maps, same probabilities.
+    mono1, mono2 = rows[forms["dicom1"]], rows[forms["dicom2"]]
+    for column in [*columns, "le_max", "le_area"]:
+      self.assertEqual(mono1[column], mono2[column], column)
+    d1, d2 = (
+      np.load(
+        os.path.join(
+          out, "maps", predict.output_name(os.path.join(root, forms[k]), root) + "_d.npy"
+        )
+      )
+      for k in ("dicom1", "dicom2")
+    )
+    np.testing.assert_array_equal(d1, d2)
+    self.assertEqual(d1.shape, (48, 48))  # D at the file's own resolution.
+    # The phantoms: what each classifier's --mode=eval stored for the same images.
+    for column in columns:
+      backbone, fusion = column[len("p_abnormal_") :].rsplit("_", 1)
+      stage = pipeline.classifier_dir(self.workdir, backbone, fusion)
+      (stored,) = glob.glob(os.path.join(stage, "**", "predictions_test.csv"), recursive=True)
+      with open(stored) as f:
+        expected = {r["id"]: float(r["prob_abnormal"]) for r in csv.DictReader(f)}
+      for example_id in ids:
+        got = float(rows[example_id.replace("/", "_") + ".png"][column])
+        self.assertAlmostEqual(got, expected[example_id], delta=1e-3, msg=(column, example_id))
+
+  def test_predict_resumes_and_redoes_only_what_was_deleted(self):
+    root, _ = self.new_images()
+    out = os.path.join(self.tmp, "resumed")
+    self.predict(out, root)
+    with open(os.path.join(out, "predictions.csv")) as f:
+      first = f.read()
+    maps = os.path.join(out, "maps")
+    gone = os.path.join(maps, "forms__grey_png.png")
+    os.remove(gone)
+    os.remove(os.path.join(out, "predictions.csv"))
+    before = {p: t for p, t in mtimes(maps).items()}
+    self.predict(out, root)
+    after = mtimes(maps)
+    self.assertEqual(
+      sorted(p for p in after if before.get(p) != after[p]),
+      sorted([gone, os.path.join(maps, "forms__grey_png_d.npy")]),
+    )
+    with open(os.path.join(out, "predictions.csv")) as f:
+      self.assertEqual(f.read(), first)
+
+  def test_predict_bad_input(self):
+    root, _ = self.new_images()
+    out = os.path.join(self.tmp, "bad")
+    empty = os.path.join(self.tmp, "untrained")
+    os.makedirs(empty, exist_ok=True)
+    with self.assertRaisesRegex(UserInputError, "holds no trained pipeline.*configs/pipeline.py"):
+      self.predict(out, root, from_workdir=empty)
+    half = os.path.join(self.tmp, "half")
+    os.makedirs(os.path.join(half, "stage1"), exist_ok=True)
+    shutil.copy(os.path.join(self.workdir, "config.json"), half)
+    with self.assertRaisesRegex(UserInputError, "is missing its LE maps .* and its classifiers"):
+      self.predict(out, root, from_workdir=half)
+    with self.assertRaisesRegex(UserInputError, "matches no image"):
+      self.predict(out, os.path.join(root, "*.tiff"))
+    not_image = os.path.join(self.tmp, "report.dcm")
+    helpers.write_dicom(not_image, None, pixels=False)
+    with self.assertRaisesRegex(UserInputError, "none of the 1 files .* could be read"):
+      self.predict(out, not_image)
+    with open(os.path.join(out, "skipped.csv")) as f:
+      self.assertIn("holds no image", f.read())
+    self.assertEqual(sorted(os.listdir(out)), [".parts", "skipped.csv"])  # No predictions.csv.
 
 
 if __name__ == "__main__":
