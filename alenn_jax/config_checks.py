@@ -8,6 +8,8 @@ argument is one line naming the field instead of a traceback minutes into a run.
   fusion / fusions       one of fusion.MODES
   masks.weights          one non-negative probability per mask kind (masks.KINDS), not all zero
   rtv.*                  RTV parameters: positive (n_iter and max_cg_iters >= 1)
+  model.padding          stage 1 generators': one of models.inpainting.PADDINGS
+  group_by               data.group_by: one of datasets.folder.GROUP_BY
   image_size, batch_size positive (a localize config's image_size may be 0: the stage 1 run's)
   window, stride         a localize config's: 1 <= stride <= window (0: stage 1's defaults)
   method, gap, context   a localize config's: method one of localize.METHODS; multi_window's gap
@@ -20,7 +22,9 @@ import dataclasses
 import ml_collections
 
 from alenn_jax import fusion, localize, masks, models, rtv
+from alenn_jax.datasets.folder.folder import GROUP_BY
 from alenn_jax.errors import UserInputError
+from alenn_jax.models import inpainting
 
 
 def _fail(path: str, value, expected: str):
@@ -90,6 +94,10 @@ def validate(
       _check_mask_weights(f"{where}.weights", value.get("weights", ()))
     elif key == "rtv" and isinstance(value, ml_collections.ConfigDict):
       _check_rtv(where, value)
+    elif key == "padding" and path.endswith(".model"):
+      _check_choice(where, value, inpainting.PADDINGS)
+    elif key == "group_by":
+      _check_choice(where, value, GROUP_BY)
     elif key in ("image_size", "batch_size") and not isinstance(value, ml_collections.ConfigDict):
       _check_positive(where, value, allow_zero=key == "image_size" and inherits)
     if isinstance(value, ml_collections.ConfigDict):

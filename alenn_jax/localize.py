@@ -50,6 +50,7 @@ INHERITED_DATA_FIELDS = (
   "name",
   "data_dir",
   "manual_dir",
+  "group_by",
   "image_size",
   "train_split",
   "eval_split",
@@ -183,7 +184,8 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
   config = config.copy_and_resolve_references()
   if not config.data.name:
     for field in INHERITED_DATA_FIELDS:
-      config.data[field] = stage1.data[field]
+      default = input_pipeline.data_config()[field]  # For runs stored before the field existed.
+      config.data[field] = stage1.data.get(field, default)
   if not config.data.image_size:
     config.data.image_size = int(stage1.data.image_size)
   if not config.window:

@@ -35,7 +35,15 @@ from alenn_jax.progress import format_seconds
 
 # Fields of config.data that every stage shares (image_size is shared by stage 1 and stage 2a;
 # each classifier has its own, 224 or 299 px in the full configs).
-SHARED_DATA_FIELDS = ("name", "data_dir", "manual_dir", "train_split", "eval_split", "seed")
+SHARED_DATA_FIELDS = (
+  "name",
+  "data_dir",
+  "manual_dir",
+  "group_by",
+  "train_split",
+  "eval_split",
+  "seed",
+)
 
 
 def _done_path(directory: str) -> str:

@@ -5,7 +5,7 @@ from absl.testing import absltest, parameterized
 
 from alenn_jax import config_checks
 from alenn_jax.errors import UserInputError
-from configs import localize, pipeline, rtv_demo, stage1, stage2
+from configs import localize, pipeline, predict, rtv_demo, stage1, stage2
 
 
 class ValidateTest(parameterized.TestCase):
@@ -16,6 +16,7 @@ class ValidateTest(parameterized.TestCase):
     (localize, "smoke"),
     (pipeline, "small"),
     (rtv_demo, "smoke"),
+    (predict, None),
   )
   def test_shipped_configs_pass(self, module, arg):
     config_checks.validate(module.get_config(arg))
@@ -34,6 +35,8 @@ class ValidateTest(parameterized.TestCase):
     ("method", localize, "smoke", "method", "sliding", r"config.method='sliding'.*per_window"),
     ("gap", localize, "smoke", "gap", -1, None),
     ("context", localize, "smoke", "context", 9, None),
+    ("group_by", pipeline, "smoke", "data.group_by", "patient", r"config.data.group_by='patient'"),
+    ("padding", stage1, "smoke", "model.padding", "same", r"config.model.padding='same'"),
     ("nested", pipeline, "smoke", "stage1.masks.weights", (1.0,), r"config.stage1.masks.weights"),
   )
   def test_bad_field_is_named(self, module, arg, field, value, pattern):

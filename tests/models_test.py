@@ -10,7 +10,7 @@ from absl.testing import absltest, parameterized
 
 from alenn_jax import models
 from alenn_jax.errors import UserInputError
-from alenn_jax.models import layers
+from alenn_jax.models import inpainting, layers
 from configs import stage2
 
 
@@ -180,3 +180,30 @@ class TorchvisionWeightsTest(parameterized.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class GeneratorPaddingTest(parameterized.TestCase):
+  """Stage 1 generators pad with zeros or by reflection; the parameters are the same either way."""
+
+  def test_reflect_padding_has_no_border_effect_and_the_same_parameters(self):
+    config = inpainting.model_config("smoke")
+    zero_gen = inpainting.build(config)[0]
+    config.padding = "reflect"
+    reflect_gen = inpainting.build(config)[0]
+    x = jnp.full((1, 32, 32, 3), 0.3)  # A uniform image: any border in the output is padding's.
+    params = zero_gen.init(jax.random.PRNGKey(0), x)
+    self.assertEqual(
+      jax.tree.map(jnp.shape, params),
+      jax.tree.map(jnp.shape, reflect_gen.init(jax.random.PRNGKey(0), x)),
+    )
+    reflected = reflect_gen.apply(params, x)
+    zeroed = zero_gen.apply(params, x)
+    self.assertEqual(reflected.shape, (1, 32, 32, 1))
+    self.assertLess(float(jnp.ptp(reflected)), 1e-5)  # Uniform in, uniform out.
+    self.assertGreater(float(jnp.ptp(zeroed)), 1e-3)  # Zero padding marks the border.
+
+  def test_unknown_padding_is_refused(self):
+    config = inpainting.model_config("smoke")
+    config.padding = "circular"
+    with self.assertRaisesRegex(ValueError, "model.padding='circular'"):
+      inpainting.build(config)[0].init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))

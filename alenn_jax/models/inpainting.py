@@ -31,19 +31,50 @@ def model_config(size: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(SIZES[size]))
   config.max_width = 512  # Channel cap of the generators' deepest layers.
   config.dilation = 2  # Dilation of the residual blocks' first convolution.
+  # How the generators' convolutions pad: "zero", or "reflect" (mirrored borders, as StructureFlow
+  # and EdgeConnect pad theirs: a window at the image border is not repainted against zeros).
+  config.padding = "zero"
   config.disc_layers = 3  # Stride-2 layers of the discriminators.
   return config
+
+
+PADDINGS = ("zero", "reflect")
+
+
+def _conv(x, features, kernel, *, name, padding, strides=1, dilation=1):
+  """A convolution whose output is `ceil(input / strides)` (as 'SAME'), padded with zeros or by
+  reflection. The parameters are the same either way."""
+  if padding == "zero":
+    return nn.Conv(
+      features, (kernel, kernel), strides=strides, kernel_dilation=dilation, name=name
+    )(x)
+  if padding != "reflect":
+    raise ValueError(f"model.padding={padding!r}; use one of {', '.join(PADDINGS)}.")
+  total = dilation * (kernel - 1) + 1 - strides  # What 'SAME' pads, for sides divisible by strides.
+  lo, hi = total // 2, total - total // 2
+  x = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)), mode="reflect")
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=strides,
+    kernel_dilation=dilation,
+    padding="VALID",
+    name=name,
+  )(x)
 
 
 class ResidualBlock(nn.Module):
   features: int
   dilation: int
+  padding: str = "zero"
 
   @nn.compact
   def __call__(self, x):
-    y = nn.Conv(self.features, (3, 3), kernel_dilation=self.dilation, name="conv_dilated")(x)
+    y = _conv(
+      x, self.features, 3, dilation=self.dilation, name="conv_dilated", padding=self.padding
+    )
     y = nn.relu(nn.InstanceNorm(name="norm1")(y))
-    y = nn.Conv(self.features, (3, 3), name="conv")(y)
+    y = _conv(y, self.features, 3, name="conv", padding=self.padding)
     y = nn.InstanceNorm(name="norm2")(y)
     return x + y
 
@@ -57,6 +88,7 @@ class Generator(nn.Module):
   max_width: int = 512
   dilation: int = 2
   out_channels: int = 1
+  padding: str = "zero"  # Or "reflect": see model_config.
 
   @nn.compact
   def __call__(self, x):
@@ -67,21 +99,24 @@ class Generator(nn.Module):
         "change data.image_size or the model depth."
       )
     channels = [min(self.width * 2**i, self.max_width) for i in range(self.depth + 1)]
-    h = nn.relu(nn.InstanceNorm(name="stem_norm")(nn.Conv(channels[0], (7, 7), name="stem")(x)))
+    pad = self.padding
+    h = nn.relu(
+      nn.InstanceNorm(name="stem_norm")(_conv(x, channels[0], 7, name="stem", padding=pad))
+    )
     skips = [h]
     for i in range(self.depth):
-      h = nn.Conv(channels[i + 1], (4, 4), strides=(2, 2), name=f"down{i}")(h)
+      h = _conv(h, channels[i + 1], 4, strides=2, name=f"down{i}", padding=pad)
       h = nn.relu(nn.InstanceNorm(name=f"down{i}_norm")(h))
       skips.append(h)
     for r in range(self.num_res):
-      h = ResidualBlock(channels[-1], self.dilation, name=f"res{r}")(h)
+      h = ResidualBlock(channels[-1], self.dilation, pad, name=f"res{r}")(h)
     for i in reversed(range(self.depth)):
       b, hh, ww, c = h.shape
       h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), method="nearest")
       h = jnp.concatenate([h, skips[i]], axis=-1)
-      h = nn.Conv(channels[i], (3, 3), name=f"up{i}")(h)
+      h = _conv(h, channels[i], 3, name=f"up{i}", padding=pad)
       h = nn.relu(nn.InstanceNorm(name=f"up{i}_norm")(h))
-    return jnp.tanh(nn.Conv(self.out_channels, (7, 7), name="head")(h))
+    return jnp.tanh(_conv(h, self.out_channels, 7, name="head", padding=pad))
 
 
 class PatchDiscriminator(nn.Module):
@@ -116,6 +151,7 @@ def build(config: ml_collections.ConfigDict):
     num_res=config.num_res,
     max_width=config.max_width,
     dilation=config.dilation,
+    padding=config.get("padding", "zero"),  # Runs stored before the field: zero padding.
   )
   disc = dict(width=config.disc_width, num_layers=config.disc_layers)
   return Generator(**gen), Generator(**gen), PatchDiscriminator(**disc), PatchDiscriminator(**disc)
