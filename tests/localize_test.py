@@ -59,7 +59,9 @@ class DifferenceMapTest(parameterized.TestCase):
 
   @parameterized.parameters(1, 3, 9, 64)
   def test_chunk_size_does_not_change_the_result(self, chunk):
-    np.testing.assert_allclose(self.run_map(chunk=chunk), self.run_map(chunk=2), atol=1e-6)
+    np.testing.assert_allclose(
+      self.run_map(chunk=chunk), self.run_map(chunk=2), atol=1e-5
+    )  # Float32: only the batching differs.
 
   def run_method(self, images, structure, **kwargs):
     fn = jax.jit(

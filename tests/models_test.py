@@ -187,6 +187,8 @@ class GeneratorPaddingTest(parameterized.TestCase):
 
   def test_reflect_padding_has_no_border_effect_and_the_same_parameters(self):
     config = inpainting.model_config("smoke")
+    self.assertEqual(config.padding, "reflect")  # The default.
+    config.padding = "zero"
     zero_gen = inpainting.build(config)[0]
     config.padding = "reflect"
     reflect_gen = inpainting.build(config)[0]

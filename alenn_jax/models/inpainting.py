@@ -31,9 +31,10 @@ def model_config(size: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(SIZES[size]))
   config.max_width = 512  # Channel cap of the generators' deepest layers.
   config.dilation = 2  # Dilation of the residual blocks' first convolution.
-  # How the generators' convolutions pad: "zero", or "reflect" (mirrored borders, as StructureFlow
-  # and EdgeConnect pad theirs: a window at the image border is not repainted against zeros).
-  config.padding = "zero"
+  # How the generators' convolutions pad: "reflect" (mirrored borders, as StructureFlow and
+  # EdgeConnect pad theirs, so a window at the image border is not repainted against zeros), or
+  # "zero". BENCHMARKS.md has what it does to the LE maps.
+  config.padding = "reflect"
   config.disc_layers = 3  # Stride-2 layers of the discriminators.
   return config
 
