@@ -410,10 +410,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   first_part = len(glob.glob(os.path.join(workdir, PARTS, f"part-p{process:03d}-*.csv")))
   t0, finished = time.perf_counter(), 0
   batch = predictor.batch_size
+  share = list(share)
   with concurrent.futures.ThreadPoolExecutor(max(1, int(config.num_threads))) as pool:
-    reads = pool.map(lambda p: _try_read(p, max_side), list(share))
+
+    def read_ahead(start):  # The next batch's files are read while this one is predicted.
+      return [pool.submit(_try_read, p, max_side) for p in share[start : start + batch]]
+
+    pending = read_ahead(0)
     for start in range(0, len(share), batch):
-      chunk = [next(reads) for _ in range(min(batch, len(share) - start))]
+      chunk = [future.result() for future in pending]
+      pending = read_ahead(start + batch)
       rows = [{"path": p, "skipped": why} for p, _, _, why in chunk if why]
       good = [(p, grey, own) for p, grey, own, why in chunk if not why]
       if good:

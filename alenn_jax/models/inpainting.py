@@ -54,14 +54,19 @@ def _conv(x, features, kernel, *, name, padding, strides=1, dilation=1):
   total = dilation * (kernel - 1) + 1 - strides  # What 'SAME' pads, for sides divisible by strides.
   lo, hi = total // 2, total - total // 2
   x = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)), mode="reflect")
-  return nn.Conv(
+  # The unpadded ('VALID') convolution of the reflected input, computed as one with `strides`
+  # zeros more on every side and cropped: XLA's CPU convolution runs several times faster so.
+  extent = dilation * (kernel - 1) + 1
+  height, width = (x.shape[1] - extent) // strides + 1, (x.shape[2] - extent) // strides + 1
+  y = nn.Conv(
     features,
     (kernel, kernel),
     strides=strides,
     kernel_dilation=dilation,
-    padding="VALID",
+    padding=((strides, 0), (strides, 0)),
     name=name,
   )(x)
+  return y[:, 1 : 1 + height, 1 : 1 + width]
 
 
 class ResidualBlock(nn.Module):
