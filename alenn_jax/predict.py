@@ -458,7 +458,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _try_read(path: str, max_side):
   try:
     grey, own = read_picture(path, max_side)
-  except OSError as e:
+  except (OSError, ValueError, Image.DecompressionBombError) as e:  # Each file's own problem.
     logging.warning("predict: skipping %s: %s", path, e)
     return path, None, None, " ".join(str(e).split())
   return path, grey, own, ""
