@@ -206,7 +206,7 @@ class MuraTest(absltest.TestCase):
       datasets.build("mura/xr_elbow", self.data, self.manual)
 
   def test_unknown_names_list_the_valid_ones(self):
-    with self.assertRaisesRegex(UserInputError, "known: fracatlas, mura, phantoms"):
+    with self.assertRaisesRegex(UserInputError, "known: folder, fracatlas, mura, phantoms"):
       datasets.build("murra", self.data)
     with self.assertRaisesRegex(UserInputError, "valid: xr_elbow, xr_finger"):
       datasets.build("mura/xr_knee", self.data)
