@@ -31,7 +31,8 @@ class LaunchTest(absltest.TestCase):
     self.assertNotEqual(result.returncode, 0)
     self.assertIn("config.trainer='nope'", result.stderr)
     self.assertIn(
-      "valid trainers: classifier, inpainting, localize, pipeline, predict, rtv_demo.", result.stderr
+      "valid trainers: classifier, inpainting, localize, pipeline, predict, rtv_demo.",
+      result.stderr,
     )
 
   def test_unknown_mode_lists_valid_ones(self):

@@ -186,8 +186,8 @@ class GeneratorPaddingTest(parameterized.TestCase):
   """Stage 1 generators pad with zeros or by reflection; the parameters are the same either way."""
 
   def test_reflect_padding_has_no_border_effect_and_the_same_parameters(self):
+    self.assertEqual(inpainting.model_config("small").padding, "reflect")  # The default.
     config = inpainting.model_config("smoke")
-    self.assertEqual(config.padding, "reflect")  # The default.
     config.padding = "zero"
     zero_gen = inpainting.build(config)[0]
     config.padding = "reflect"
