@@ -2,6 +2,7 @@
 behind."""
 
 import contextlib
+import csv
 import io
 import logging
 import os
@@ -46,6 +47,17 @@ def atomic_open(path: str, mode: str = "wb"):
 def write_text(path: str, text: str) -> None:
   with atomic_open(path, "w") as f:
     f.write(text)
+
+
+def write_csv(path: str, rows: list[dict], columns, ignore_extra: bool = False) -> None:
+  """Rows of dicts under a header of `columns`, atomically (keys beyond `columns` are an error
+  unless `ignore_extra`)."""
+  with atomic_open(path, "w") as f:
+    writer = csv.DictWriter(
+      f, fieldnames=list(columns), extrasaction="ignore" if ignore_extra else "raise"
+    )
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 def _decode(data: bytes) -> Image.Image:

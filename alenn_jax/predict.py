@@ -67,11 +67,6 @@ LE_AREA_THRESHOLD = 0.5
 # Which images.
 
 
-def _is_image(path: str) -> bool:
-  suffix = os.path.splitext(path)[1].lower()
-  return suffix in folder.IMAGE_SUFFIXES or (not suffix and image_io.is_dicom(path))
-
-
 def find_images(spec: str) -> tuple[list[str], str]:
   """(absolute image paths, sorted; the folder their output names are relative to) of a folder
   (recursive), a glob, or a .txt/.csv list of paths (relative ones taken from the list's folder).
@@ -81,14 +76,7 @@ def find_images(spec: str) -> tuple[list[str], str]:
   spec = os.path.expanduser(spec)
   if os.path.isdir(spec):
     root = os.path.abspath(spec)
-    paths = []
-    for directory, subdirs, files in os.walk(root):
-      subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-      paths += [
-        os.path.join(directory, f)
-        for f in files
-        if not f.startswith(".") and _is_image(os.path.join(directory, f))
-      ]
+    paths = folder.find_image_files(root)
     what = f"folder {spec} (PNG, JPEG or DICOM, at any depth)"
   elif os.path.isfile(spec) and spec.lower().endswith(LIST_SUFFIXES):
     paths = _read_list(spec)
@@ -311,14 +299,6 @@ def done_paths(out: str, names: dict[str, str], with_maps: bool) -> set[str]:
   }
 
 
-def _write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
-  buffer = io.StringIO()
-  writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-  writer.writeheader()
-  writer.writerows(rows)
-  image_io.write_text(path, buffer.getvalue())
-
-
 # ----------------------------------------------------------------------------------------------
 # The job.
 
@@ -333,12 +313,10 @@ class _Predictor:
     if models.generator is not None:
       self.map_step = localize.make_map_step(models.localize_config, models.generator)
       self.map_size = int(models.localize_config.data.image_size)
-    sizes = [int(c.config.data.image_size) for c in models.classifiers]
     batch_sizes = [int(models.localize_config.data.batch_size)] if models.localize_config else []
     self.batch_size = max(batch_sizes + [int(c.config.data.batch_size) for c in models.classifiers])
     n = jax.local_device_count()
     self.batch_size = -(-self.batch_size // n) * n
-    self.sizes = sizes
 
   def _global(self, array):
     return sharding.to_global(array, self.mesh)
@@ -427,7 +405,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       part = os.path.join(
         workdir, PARTS, f"part-p{process:03d}-{first_part + start // batch:06d}.csv"
       )
-      _write_csv(part, rows, [*columns, "skipped"])
+      image_io.write_csv(part, rows, [*columns, "skipped"], ignore_extra=True)
       finished += len(chunk)
       elapsed = time.perf_counter() - t0
       eta = (len(share) - finished) * elapsed / max(finished, 1)
@@ -498,7 +476,7 @@ def _assemble(workdir: str, names, columns, with_maps: bool) -> dict:
   ]
   skipped = [{"path": p, "reason": r["skipped"]} for p, r in sorted(latest.items()) if r["skipped"]]
   if jax.process_index() == 0:
-    _write_csv(os.path.join(workdir, SKIPPED), skipped, ["path", "reason"])
+    image_io.write_csv(os.path.join(workdir, SKIPPED), skipped, ["path", "reason"])
     if predicted:  # Else run() says why, and skipped.csv has each file's reason.
-      _write_csv(os.path.join(workdir, PREDICTIONS), predicted, columns)
+      image_io.write_csv(os.path.join(workdir, PREDICTIONS), predicted, columns, ignore_extra=True)
   return {"predicted": len(predicted), "skipped": len(skipped), "columns": columns}

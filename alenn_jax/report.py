@@ -310,13 +310,6 @@ def figure4(results: list[dict], path: str, title: str) -> None:
   plt.close(fig)
 
 
-def _write_csv(path: str, rows: list[dict], columns) -> None:
-  with image_io.atomic_open(path, "w") as f:
-    writer = csv.DictWriter(f, fieldnames=list(columns))
-    writer.writeheader()
-    writer.writerows(rows)
-
-
 def table2(run_dirs: list[str], report_dir: str, split: str) -> list[dict]:
   """Table 2 (`table2.csv`, plus `table2_study.csv` for MURA) and Figure 4 (`fig4_roc.png`) from
   the classifier runs in `run_dirs` that have scores on `split`. Returns the image-level rows."""
@@ -324,10 +317,10 @@ def table2(run_dirs: list[str], report_dir: str, split: str) -> list[dict]:
   if not results:
     raise ValueError(f"no classifier results on split {split!r} in {run_dirs}.")
   rows = table2_rows(results)
-  _write_csv(os.path.join(report_dir, "table2.csv"), rows, TABLE2_COLUMNS)
+  image_io.write_csv(os.path.join(report_dir, "table2.csv"), rows, TABLE2_COLUMNS)
   study_rows = table2_rows(results, "study")
   if study_rows:
-    _write_csv(os.path.join(report_dir, "table2_study.csv"), study_rows, TABLE2_COLUMNS)
+    image_io.write_csv(os.path.join(report_dir, "table2_study.csv"), study_rows, TABLE2_COLUMNS)
   dataset = results[0]["dataset"]
   figure4(
     results,

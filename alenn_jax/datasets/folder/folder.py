@@ -51,22 +51,29 @@ class FolderConfig(common.ImageBuilderConfig):
   group_by: str = "path"  # What the split hash groups: "path" (each image) or "parent" (folder).
 
 
-def image_files(manual_dir: str) -> list[tuple[str, int]]:
-  """(path relative to manual_dir, label) of every image under normal/ and abnormal/, sorted;
-  hidden files and folders are ignored."""
+def find_image_files(root: str) -> list[str]:
+  """Every PNG, JPEG or DICOM file under `root` (a DICOM may have no suffix), sorted; hidden files
+  and folders are ignored."""
   found = []
-  for label, folder in enumerate(CLASS_FOLDERS):
-    root = os.path.join(manual_dir, folder)
-    for directory, subdirs, files in os.walk(root):
-      subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-      for name in sorted(files):
-        path = os.path.join(directory, name)
-        if name.startswith("."):
-          continue
-        suffix = os.path.splitext(name)[1].lower()
-        if suffix in IMAGE_SUFFIXES or (not suffix and image_io.is_dicom(path)):
-          found.append((os.path.relpath(path, manual_dir).replace(os.sep, "/"), label))
+  for directory, subdirs, files in os.walk(root):
+    subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+    for name in sorted(files):
+      path = os.path.join(directory, name)
+      if name.startswith("."):
+        continue
+      suffix = os.path.splitext(name)[1].lower()
+      if suffix in IMAGE_SUFFIXES or (not suffix and image_io.is_dicom(path)):
+        found.append(path)
   return found
+
+
+def image_files(manual_dir: str) -> list[tuple[str, int]]:
+  """(path relative to manual_dir, label) of every image under normal/ and abnormal/, sorted."""
+  return [
+    (os.path.relpath(path, manual_dir).replace(os.sep, "/"), label)
+    for label, name in enumerate(CLASS_FOLDERS)
+    for path in find_image_files(os.path.join(manual_dir, name))
+  ]
 
 
 def fingerprint(files: list[tuple[str, int]]) -> str:
