@@ -21,6 +21,7 @@ Evaluation iterators visit every example exactly once.
 """
 
 import dataclasses
+import hashlib
 import math
 import os
 from typing import Any
@@ -30,6 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from PIL import Image
 
 from alenn_jax import datasets, sharding
@@ -56,7 +58,12 @@ def data_config() -> ml_collections.ConfigDict:
   config.image_size = 128  # Side S of the letterboxed square images.
   config.labels = (0, 1)  # Labels to keep: (0,) for normals only (stage 1).
   config.train_split = "train"
-  config.eval_split = "validation"
+  config.eval_split = "validation"  # Where checkpoints are selected (resolved: resolve_eval_split).
+  # Datasets without a `validation` split (MURA: train/valid) get a `selection` split carved from
+  # train by patient (this fraction of patients; the rest stays `train`), so checkpoints are never
+  # selected on the split that is scored.
+  config.selection_fraction = 0.1
+  config.paper_selection = False  # True: carve nothing; select on the scored split (optimistic).
   config.batch_size = 16  # Global batch size (the paper's 16).
   config.crop = 0  # Training batches: random crops of this side (px) of the images (0: whole).
   config.seed = 0  # Shuffling and augmentation seed.
@@ -239,7 +246,7 @@ def _prepared_builder(config: ml_collections.ConfigDict, split: str | None):
     builder = datasets.build(config.name, data_dir, manual_dir, group_by=group_by)
   elif config.name.partition("/")[0] == "folder":
     datasets.folder.check_source(builder, manual_dir)
-  if split is not None and split not in builder.info.splits:
+  if split is not None and split not in _split_names(builder, config):
     missing = builder.info.metadata.get("missing_splits", [])
     why = (
       f" (none of its images were in {builder.info.metadata.get('manual_dir', 'manual_dir')} "
@@ -249,30 +256,153 @@ def _prepared_builder(config: ml_collections.ConfigDict, split: str | None):
     )
     raise UserInputError(
       f"config.data: {config.name} has no split {split!r}{why}; it has "
-      f"{', '.join(sorted(builder.info.splits))}."
+      f"{', '.join(sorted(_split_names(builder, config)))}."
     )
   return builder
 
 
+# ----------------------------------------------------------------------------------------------
+# Splits: the dataset's own, and `selection` carved from train where the dataset has no
+# validation split.
+
+SELECTION = "selection"
+
+
+def carves_selection(config: ml_collections.ConfigDict, built_splits) -> bool:
+  """Whether `selection` is carved from `config.train_split`: the dataset has that split but no
+  `validation` (nor `selection`) split of its own, and `paper_selection` is off."""
+  built_splits = set(built_splits)
+  return (
+    not config.get("paper_selection", False)
+    and config.train_split in built_splits
+    and not built_splits & {"validation", SELECTION}
+  )
+
+
+def _split_names(builder, config) -> list[str]:
+  names = list(builder.info.splits)
+  return [*names, SELECTION] if carves_selection(config, names) else names
+
+
 def split_names(config: ml_collections.ConfigDict) -> list[str]:
-  """Every split of the dataset, `config.train_split` first (building the dataset if needed)."""
-  names = list(_prepared_builder(config, None).info.splits)
+  """Every split of the dataset (with `selection` where it is carved), `config.train_split` first
+  (building the dataset if needed)."""
+  names = _split_names(_prepared_builder(config, None), config)
   first = [config.train_split] if config.train_split in names else []
   return first + sorted(s for s in names if s != config.train_split)
 
 
-def _undecoded(builder, split):
+def selection_group(example) -> str:
+  """What the selection split is carved by: the patient where the dataset records one, else the
+  image."""
+  key = example.get("patient_id", b"") or example["id"]
+  return key.decode("utf-8") if isinstance(key, bytes) else str(key)
+
+
+def in_selection(group: str, fraction: float) -> bool:
+  """A deterministic draw per group (a hash, the same on every machine and run)."""
+  digest = hashlib.sha256(f"selection:{group}".encode()).digest()
+  return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+
+
+_CARVED: dict = {}  # (dataset folder, train split, fraction) -> (selection rows, train rows).
+
+
+def _carved_rows(builder, config) -> tuple[np.ndarray, np.ndarray]:
+  """Row indices of the train split that form `selection`, and those that stay in train."""
+  fraction = float(config.selection_fraction)
+  key = (builder.data_dir, config.train_split, fraction)
+  if key not in _CARVED:
+    raw = builder.as_data_source(config.train_split, decoders=_skip_images())
+    chosen = np.zeros(len(raw), bool)
+    labels = np.zeros(len(raw), np.int32)
+    for i in range(len(raw)):
+      example = raw[i]
+      chosen[i] = in_selection(selection_group(example), fraction)
+      labels[i] = example["label"]
+    counts = [int(np.sum(labels[chosen] == c)) for c in (0, 1)]
+    if min(counts) == 0 or chosen.all():
+      raise UserInputError(
+        f"config.data.selection_fraction={fraction}: the selection split carved from "
+        f"{config.name}:{config.train_split} would hold {counts[0]} normal and {counts[1]} "
+        f"abnormal images out of {len(raw)}" + (" (all of them)" if chosen.all() else "") + "; "
+        "raise it (at most 0.5) for a small dataset, or set config.data.paper_selection=True to "
+        "select on the scored split."
+      )
+    _CARVED[key] = (np.nonzero(chosen)[0], np.nonzero(~chosen)[0])
+  return _CARVED[key]
+
+
+def _split_rows(builder, config, split: str) -> tuple[str, np.ndarray | None]:
+  """(the dataset's own split that holds `split`, its rows; None: all of them)."""
+  if not carves_selection(config, builder.info.splits):
+    return split, None
+  if split == SELECTION:
+    return config.train_split, _carved_rows(builder, config)[0]
+  if split == config.train_split:
+    return split, _carved_rows(builder, config)[1]
+  return split, None
+
+
+def _source(builder, config, split: str, decoders=None):
+  """Random access to the examples of `split` (a carved split's rows of its parent)."""
+  base, rows = _split_rows(builder, config, split)
+  source = builder.as_data_source(base, decoders=decoders)
+  return source if rows is None else _Subset(source, rows)
+
+
+def _skip_images():
+  return {"image": tfds.decode.SkipDecoding(), "lesion_mask": tfds.decode.SkipDecoding()}
+
+
+def _undecoded_split(builder, config, split: str):
   """The split's records with images left encoded: a cheap pass for labels and ids."""
-  skip = {"image": tfds.decode.SkipDecoding(), "lesion_mask": tfds.decode.SkipDecoding()}
-  return builder.as_data_source(split, decoders=skip)
+  return _source(builder, config, split, decoders=_skip_images())
+
+
+def scored_split(config: ml_collections.ConfigDict) -> str:
+  """Where final scores come from: `test` if the dataset has it, else `valid` (MURA's official
+  validation set, used as its test set), else `config.eval_split`."""
+  names = split_names(config)
+  for name in ("test", "valid"):
+    if name in names:
+      return name
+  return config.eval_split
+
+
+def resolve_eval_split(config: ml_collections.ConfigDict, scored: str | None = None) -> str:
+  """The split checkpoints are selected on: `config.eval_split` if the dataset has it and it is
+  not the scored split, else `validation` or the carved `selection`; with `paper_selection`, the
+  scored split (the paper's protocol). `scored` defaults to `scored_split(config)`. Sets
+  `config.eval_split` and returns it."""
+  names = split_names(config)
+  scored = scored or scored_split(config)
+  if config.get("paper_selection", False):
+    chosen = scored
+  elif config.eval_split in names and config.eval_split != scored:
+    chosen = config.eval_split
+  else:
+    found = [s for s in ("validation", SELECTION) if s in names and s != scored]
+    if not found:
+      raise UserInputError(
+        f"config.data.eval_split={config.eval_split!r}: {config.name} has splits "
+        f"{', '.join(names)}; set it to the split checkpoints are selected on."
+      )
+    chosen = found[0]
+  if chosen == SELECTION:  # Refuses an empty or one-class carve now, not after stage 1.
+    _carved_rows(_prepared_builder(config, None), config)
+  if chosen != config.eval_split:
+    logging.info("config.data.eval_split: %s selects on %r", config.name, chosen)
+  config.eval_split = chosen
+  return chosen
 
 
 def _open_split(config: ml_collections.ConfigDict, split: str):
   """(decoded source, label of every example) of a split; builds the dataset first if needed."""
   builder = _prepared_builder(config, split)
-  raw = _undecoded(builder, split)
+  raw = _undecoded_split(builder, config, split)
   labels = np.fromiter((raw[i]["label"] for i in range(len(raw))), np.int32, len(raw))
-  return builder.as_data_source(split), labels
+  return _source(builder, config, split), labels
 
 
 def _id_of(example) -> str:
@@ -282,7 +412,7 @@ def _id_of(example) -> str:
 
 def split_labels(config: ml_collections.ConfigDict, split: str) -> dict[str, int]:
   """id -> label of every example of `split`, read without decoding images."""
-  raw = _undecoded(_prepared_builder(config, split), split)
+  raw = _undecoded_split(_prepared_builder(config, split), config, split)
   out = {}
   for i in range(len(raw)):
     example = raw[i]
@@ -395,7 +525,7 @@ def eval_iterator(
   read = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=2 * local_batch)
   global_ids = None
   if jax.process_count() > 1:  # Every process gets the ids of the whole global batch.
-    raw = _undecoded(_prepared_builder(config, split), split)
+    raw = _undecoded_split(_prepared_builder(config, split), config, split)
     names = [_id_of(raw[int(i)]) if i >= 0 else "" for i in padded]
     global_ids = np.asarray(names).reshape(num_batches, config.batch_size)
   return GlobalBatches(iter(dataset.to_iter_dataset(read)), mesh, num_batches, global_ids)

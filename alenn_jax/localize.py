@@ -54,6 +54,8 @@ INHERITED_DATA_FIELDS = (
   "image_size",
   "train_split",
   "eval_split",
+  "selection_fraction",
+  "paper_selection",
   "seed",
 )
 
@@ -180,7 +182,8 @@ def stage1_inpaint_fn(gen_s: inpainting.Generator, gen_t: inpainting.Generator):
 def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict):
   """The job's config with what it leaves to the stage 1 run filled in: the dataset (when
   `data.name` is ""), the image size (0), the window (0: stage 1's mask window) and the stride (0:
-  half the window), and the report split ("": the evaluation split)."""
+  half the window), the split thresholds are chosen on (`data.eval_split`, resolved from the
+  dataset) and the report split ("": the scored split, `input_pipeline.scored_split`)."""
   config = config.copy_and_resolve_references()
   if not config.data.name:
     for field in INHERITED_DATA_FIELDS:
@@ -192,8 +195,9 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
     config.window = int(stage1.masks.window)
   if not config.stride:
     config.stride = max(1, config.window // 2)
+  input_pipeline.resolve_eval_split(config.data)
   if not config.report.split:
-    config.report.split = config.data.eval_split
+    config.report.split = input_pipeline.scored_split(config.data)
   if config.method == "multi_window" and not config.gap:
     config.gap = config.window
   if config.method != "multi_window":

@@ -42,6 +42,8 @@ SHARED_DATA_FIELDS = (
   "group_by",
   "train_split",
   "eval_split",
+  "selection_fraction",
+  "paper_selection",
   "seed",
 )
 
@@ -68,19 +70,15 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config = config.copy_and_resolve_references()
   data = config.data
   splits = input_pipeline.split_names(data)  # Builds the dataset on first use.
-  if data.eval_split not in splits:
-    alternatives = [s for s in ("validation", "valid") if s in splits]
-    if not alternatives:
-      raise UserInputError(
-        f"config.data.eval_split={data.eval_split!r}: {data.name} has splits {splits}; set it to "
-        "the split used to select checkpoints."
-      )
-    logging.info("%s has no split %r; using %r", data.name, data.eval_split, alternatives[0])
-    data.eval_split = alternatives[0]
-  test_split = config.test_split or ("test" if "test" in splits else data.eval_split)
+  test_split = config.test_split or input_pipeline.scored_split(data)
   if test_split not in splits:
-    raise UserInputError(f"config.test_split={test_split!r}: {data.name} has splits {splits}.")
+    raise UserInputError(
+      f"config.test_split={test_split!r}: {data.name} has splits {', '.join(splits)}."
+    )
   config.test_split = test_split
+  input_pipeline.resolve_eval_split(data, scored=test_split)
+  if config.stage1.eval.split not in splits:  # Table 1: held-out images.
+    config.stage1.eval.split = data.eval_split
 
   def share(target, image_size=True):
     for field in SHARED_DATA_FIELDS:

@@ -387,7 +387,19 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
     f"the {localize.percentile:g}th percentile of D over the training normals.",
     f"- Classifiers: {', '.join(config.backbones)}, each with fusion "
     f"{' and '.join(config.fusions)}; checkpoints selected by kappa on `{data.eval_split}`, "
-    f"scored on `{config.test_split}`.",
+    f"scored on `{config.test_split}`"
+    + (
+      " (optimistic: selected on the scored split, the paper's protocol)."
+      if data.eval_split == config.test_split
+      else "."
+    )
+    + (
+      f" `{input_pipeline.SELECTION}` holds {data.selection_fraction:g} of the "
+      f"`{data.train_split}` patients (by a hash of the patient id), carved out before anything "
+      "was trained."
+      if data.eval_split == input_pipeline.SELECTION
+      else ""
+    ),
     "",
     "Images per split and label:",
     "",

@@ -357,6 +357,7 @@ def _flat_scores(prefix: str, scores: dict) -> dict[str, float]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from `workdir`), keeps the best checkpoint by validation kappa, then scores
   it on `config.eval.split` and writes this run's outputs."""
+  resolve_splits(config)
   checkpointing.check_config(config, workdir, SHAPE_FIELDS)
   mesh = sharding.make_mesh()
   static = ClassifierSetup.from_config(config, class_weights(config))
@@ -482,8 +483,19 @@ def score_checkpoint(config, workdir, mesh, which, split, predict_step=None) -> 
   return scores
 
 
+def resolve_splits(config: ml_collections.ConfigDict) -> None:
+  """Fills in the splits the dataset has: `data.eval_split` (selection, never the scored split
+  unless `data.paper_selection`) and `eval.split` (scored: test, else valid)."""
+  scored = config.eval.split
+  if scored not in input_pipeline.split_names(config.data):
+    scored = config.eval.split = input_pipeline.scored_split(config.data)
+  input_pipeline.resolve_eval_split(config.data, scored=scored)
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`--mode=eval`: scores checkpoint `config.eval.checkpoint_step` (-1: the best) on
   `config.eval.split`."""
+  if config.eval.split not in input_pipeline.split_names(config.data):
+    config.eval.split = input_pipeline.scored_split(config.data)
   which = config.eval.checkpoint_step if config.eval.checkpoint_step >= 0 else "best"
   return score_checkpoint(config, workdir, sharding.make_mesh(), which, config.eval.split)

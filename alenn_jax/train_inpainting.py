@@ -345,6 +345,8 @@ def _save(manager, step: int, state: TrainState, data_state, force: bool = False
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains both phases (resuming from `workdir` if it holds a checkpoint), then writes Table 1."""
+  if config.eval.split not in input_pipeline.split_names(config.data):  # Table 1: held out.
+    config.eval.split = input_pipeline.resolve_eval_split(config.data)
   checkpointing.check_config(config, workdir, STAGE1_SHAPE_FIELDS)
   crop, factor = config.data.get("crop", 0), 2**config.model.depth
   if crop and (crop % factor or crop >= config.data.image_size):

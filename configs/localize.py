@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.force_restart = False  # Recompute (old le_maps moved aside) if window/data changed.
   config.percentile = 99.0  # LE scale: this percentile of D over the training normals.
   config.report = ml_collections.ConfigDict()
-  config.report.split = ""  # Where Figure 3 and the scores come from ("": data.eval_split).
+  config.report.split = ""  # Where Figure 3 and the scores come from ("": test, else valid).
   config.report.num_examples = 4  # Rows of each Figure 3.
   config.report.tolerance = 2  # Pointing game: pixels of slack around the lesion.
   if size == "smoke":

@@ -71,7 +71,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     config.data.name = "mura/xr_elbow"
     config.data.image_size = 256
-    config.data.eval_split = "valid"
     config.eval.split = "valid"
     config.eval.window = 32
     config.masks.window = 32

@@ -111,7 +111,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     config.data.name = "mura/xr_elbow"
     config.data.image_size = 299 if backbone == "inception_v3" else 224
-    config.data.eval_split = "valid"
     config.eval.split = "valid"  # MURA's test set is private: its validation set is the test.
     config.num_train_steps = 30_000
     config.eval_every = 1000

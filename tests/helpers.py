@@ -145,3 +145,35 @@ FOLDER_FORMS = {
   "dicom_bare": "IM0001",
   "corrupt": "broken.png",
 }
+
+
+def make_mura_cohort(root: str, train_patients: int = 50, valid_patients: int = 8) -> None:
+  """A MURA-v1.1 folder (XR_ELBOW) of one study per patient, two 48-px images each, normal and
+  abnormal alternating (an abnormal image has a bright spot); patients are numbered on from
+  train to valid. With the defaults, the carved `selection` split (10% of patients) holds both
+  classes."""
+  base = os.path.join(root, "MURA-v1.1")
+  rng = np.random.default_rng(0)
+  number = 0
+  for split, count in (("train", train_patients), ("valid", valid_patients)):
+    image_rows, study_rows = [], []
+    for _ in range(count):
+      number += 1
+      positive = number % 2 == 0
+      outcome = "positive" if positive else "negative"
+      folder = f"MURA-v1.1/{split}/XR_ELBOW/patient{number:05d}/study1_{outcome}"
+      os.makedirs(os.path.join(root, folder), exist_ok=True)
+      for j in (1, 2):
+        pic = picture().astype(np.int16) + rng.integers(-10, 10, (48, 48))
+        if positive:
+          y, x = rng.integers(8, 40, 2)
+          pic[y - 4 : y + 4, x - 4 : x + 4] = 255
+        rel = f"{folder}/image{j}.png"
+        Image.fromarray(np.clip(pic, 0, 255).astype(np.uint8)).save(os.path.join(root, rel))
+        image_rows.append(rel)
+      study_rows.append(f"{folder}/,{int(positive)}")
+    os.makedirs(base, exist_ok=True)
+    with open(os.path.join(base, f"{split}_image_paths.csv"), "w") as f:
+      f.write("\n".join(image_rows) + "\n")
+    with open(os.path.join(base, f"{split}_labeled_studies.csv"), "w") as f:
+      f.write("\n".join(study_rows) + "\n")

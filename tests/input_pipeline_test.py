@@ -9,6 +9,7 @@ from absl.testing import absltest
 
 from alenn_jax import datasets, input_pipeline, sharding
 from alenn_jax.errors import UserInputError
+from tests import helpers
 
 
 def ids(batch):
@@ -173,3 +174,71 @@ class PipelineTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class SelectionSplitTest(absltest.TestCase):
+  """MURA has only train and valid: `selection` is carved from train by patient."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp()
+    helpers.make_mura_cohort(f"{cls.tmp}/manual")
+    datasets.build("mura/xr_elbow", f"{cls.tmp}/data", f"{cls.tmp}/manual")
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def config(self, **fields):
+    config = input_pipeline.data_config()
+    config.name, config.data_dir = "mura/xr_elbow", f"{self.tmp}/data"
+    config.update(fields)
+    return config
+
+  def test_selection_is_a_patient_disjoint_part_of_train(self):
+    config = self.config()
+    self.assertEqual(input_pipeline.split_names(config), ["train", "selection", "valid"])
+    train = input_pipeline.split_labels(config, "train")
+    selection = input_pipeline.split_labels(config, "selection")
+    whole = input_pipeline.split_labels(self.config(paper_selection=True), "train")
+    self.assertEqual(set(train) | set(selection), set(whole))
+    patient = lambda i: i.split("/")[2]  # train/XR_ELBOW/patient00042/study1_positive/image1
+    self.assertEmpty({patient(i) for i in train} & {patient(i) for i in selection})
+    self.assertEqual(sorted(set(selection.values())), [0, 1])
+    self.assertEqual(
+      {patient(i) for i in selection},
+      {p for p in map(patient, whole) if input_pipeline.in_selection(p, 0.1)},
+    )
+    # Batches read the carved rows only.
+    mesh = sharding.make_mesh()
+    seen = [i for b in input_pipeline.eval_iterator(config, mesh, "selection") for i in ids(b)]
+    self.assertEqual(sorted(filter(None, seen)), sorted(selection))
+
+  def test_eval_split_is_resolved_from_the_dataset(self):
+    config = self.config()  # eval_split "validation", which MURA does not have.
+    self.assertEqual(input_pipeline.scored_split(config), "valid")
+    self.assertEqual(input_pipeline.resolve_eval_split(config), "selection")
+    self.assertEqual(config.eval_split, "selection")
+    # Asking to select on the scored split still selects on the carved one...
+    self.assertEqual(
+      input_pipeline.resolve_eval_split(self.config(eval_split="valid")), "selection"
+    )
+    # ...unless the paper's protocol is asked for: nothing carved, selected on valid.
+    paper = self.config(paper_selection=True)
+    self.assertEqual(input_pipeline.split_names(paper), ["train", "valid"])
+    self.assertEqual(input_pipeline.resolve_eval_split(paper), "valid")
+
+  def test_a_carve_without_both_classes_is_refused(self):
+    config = self.config(selection_fraction=0.01)
+    with self.assertRaisesRegex(
+      UserInputError, r"config.data.selection_fraction=0.01: .* 0 normal and 0 abnormal"
+    ):
+      input_pipeline.resolve_eval_split(config)
+
+  def test_datasets_with_a_validation_split_carve_nothing(self):
+    self.assertFalse(
+      input_pipeline.carves_selection(self.config(), ["train", "validation", "test"])
+    )
+    self.assertTrue(input_pipeline.carves_selection(self.config(), ["train", "valid"]))

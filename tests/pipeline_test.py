@@ -11,7 +11,7 @@ import numpy as np
 from absl.testing import absltest
 from PIL import Image
 
-from alenn_jax import datasets, pipeline, predict
+from alenn_jax import datasets, le_maps, pipeline, predict, predictions
 from alenn_jax.errors import UserInputError
 from configs import pipeline as pipeline_config
 from configs import predict as predict_config
@@ -225,6 +225,33 @@ class PipelineTest(absltest.TestCase):
     with open(os.path.join(out, "skipped.csv")) as f:
       self.assertIn("holds no image", f.read())
     self.assertEqual(sorted(os.listdir(out)), [".parts", "skipped.csv"])  # No predictions.csv.
+
+
+class MuraPipelineTest(absltest.TestCase):
+  """A MURA-layout folder (train and valid only) with nothing but the dataset overridden."""
+
+  def test_selects_on_a_carved_split_and_scores_on_valid(self):
+    tmp = self.create_tempdir().full_path
+    helpers.make_mura_cohort(f"{tmp}/manual")
+    config = smoke_config(f"{tmp}/data")
+    config.data.name, config.data.manual_dir = "mura/xr_elbow", f"{tmp}/manual"
+    config.backbones = ("resnet50",)
+    result = pipeline.run(config, f"{tmp}/w")
+    with open(result["report"]) as f:
+      text = f.read()
+    self.assertIn("checkpoints selected by kappa on `selection`, scored on `valid`.", text)
+    self.assertIn("| selection | 4 | 2 | 6 |", text)
+    for fusion_mode in ("none", "enhance"):
+      run = pipeline.classifier_dir(f"{tmp}/w", "resnet50", fusion_mode)
+      self.assertTrue(os.path.exists(predictions.metrics_path(run, "valid")))
+      self.assertFalse(os.path.exists(predictions.metrics_path(run, "selection")))
+    # Every image has one map, in the split it belongs to.
+    maps = {
+      s: set(le_maps.read_difference_maps(f"{tmp}/w/localize", s)) for s in ("train", "selection")
+    }
+    self.assertLen(maps["train"] | maps["selection"], 100)
+    self.assertEmpty(maps["train"] & maps["selection"])
+    self.assertTrue(os.path.exists(f"{tmp}/w/report/table2_study.csv"))
 
 
 if __name__ == "__main__":
