@@ -244,7 +244,7 @@ class TrainedClassifier:
   metrics: dict | None  # Validation scores stored with the best checkpoint (None for others).
 
   def probabilities(self, inputs):
-    """P(abnormal) `[B]` of fused model inputs `[B, S, S, C]` (see `fusion.fuse`)."""
+    """P(abnormal) `[B]` of model inputs `[B, S, S, C]` (`train_classifier.model_inputs`)."""
     variables = {"params": self.params, "batch_stats": self.batch_stats}
     return jax.nn.sigmoid(self.model.apply(variables, inputs, train=False)[:, 0])
 
@@ -252,7 +252,8 @@ class TrainedClassifier:
 def classifier_shapes(model, config):
   """{"params", "batch_stats"} shapes of `model` for `config`'s image size and fusion."""
   size = config.data.image_size
-  x = jax.ShapeDtypeStruct((1, size, size, fusion.num_channels(config.fusion)), "float32")
+  channels = fusion.num_channels(config.fusion, bool(config.model.get("pretrained", "")))
+  x = jax.ShapeDtypeStruct((1, size, size, channels), "float32")
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 

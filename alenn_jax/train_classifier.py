@@ -75,6 +75,7 @@ class ClassifierSetup:
   class_weights: tuple[float, float]  # BCE weight of a normal and of an abnormal example.
   aux_weight: float
   in_channels: int
+  input_stats: tuple | None  # (mean, std) the ImageNet weights expect (fusion.normalize), or None.
 
   @classmethod
   def from_config(cls, config, class_weights=(1.0, 1.0)):
@@ -91,14 +92,16 @@ class ClassifierSetup:
       gamma=config.gamma,
       class_weights=tuple(float(w) for w in class_weights),
       aux_weight=config.aux_weight,
-      in_channels=fusion.num_channels(config.fusion),
+      in_channels=fusion.num_channels(config.fusion, bool(config.model.pretrained)),
+      input_stats=models.INPUT_STATS[config.backbone] if config.model.pretrained else None,
     )
 
 
 def check_input_size(model, config, image_size: int) -> None:
   """A UserInputError when some layer of `model` would see an empty feature map at this size."""
   x = jax.ShapeDtypeStruct(
-    (1, image_size, image_size, fusion.num_channels(config.fusion)), "float32"
+    (1, image_size, image_size, fusion.num_channels(config.fusion, bool(config.model.pretrained))),
+    "float32",
   )
 
   def shapes(x):
@@ -148,9 +151,15 @@ def _bce(logits, labels, weights):
   return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-9)
 
 
+def model_inputs(static: ClassifierSetup, batch: dict) -> jax.Array:
+  """What the network sees: the image fused with its LE map, normalised for ImageNet weights."""
+  inputs = fusion.fuse(batch["image"], batch.get("le"), static.fusion, static.gamma)
+  return inputs if static.input_stats is None else fusion.normalize(inputs, static.input_stats)
+
+
 def train_step(state: TrainState, batch: dict, rng, *, static: ClassifierSetup):
   """One Adam step on the weighted BCE of P(abnormal) (plus Inception's auxiliary head)."""
-  inputs = fusion.fuse(batch["image"], batch.get("le"), static.fusion, static.gamma)
+  inputs = model_inputs(static, batch)
   labels = batch["label"].astype(jnp.float32)  # [B]
   w_normal, w_abnormal = static.class_weights
   weights = batch["weight"] * jnp.where(labels > 0.5, w_abnormal, w_normal)
@@ -190,7 +199,7 @@ def train_step(state: TrainState, batch: dict, rng, *, static: ClassifierSetup):
 
 def eval_step(static: ClassifierSetup, params, batch_stats, batch):
   """P(abnormal) of every image of a batch: `[B]`."""
-  inputs = fusion.fuse(batch["image"], batch.get("le"), static.fusion, static.gamma)
+  inputs = model_inputs(static, batch)
   logits = static.model.apply({"params": params, "batch_stats": batch_stats}, inputs, train=False)
   return jax.nn.sigmoid(logits[:, 0])
 

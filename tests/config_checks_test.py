@@ -36,6 +36,8 @@ class ValidateTest(parameterized.TestCase):
     ("gap", localize, "smoke", "gap", -1, None),
     ("context", localize, "smoke", "context", 9, None),
     ("group_by", pipeline, "smoke", "data.group_by", "patient", r"config.data.group_by='patient'"),
+    ("selection_zero", pipeline, "smoke", "data.selection_fraction", 0.0, r"in \(0, 0.5\]"),
+    ("selection_big", stage2, "smoke", "data.selection_fraction", 0.6, r"fraction=0.6 is not"),
     ("padding", stage1, "smoke", "model.padding", "same", r"config.model.padding='same'"),
     ("nested", pipeline, "smoke", "stage1.masks.weights", (1.0,), r"config.stage1.masks.weights"),
   )

@@ -35,6 +35,19 @@ class FusionTest(absltest.TestCase):
     self.assertEqual(fusion.num_channels("channels"), 3)
     self.assertEqual(fusion.num_channels("enhance"), 1)
 
+  def test_imagenet_inputs_are_rgb_normalised_per_channel(self):
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    out = np.asarray(fusion.normalize(self.images, (mean, std)))
+    self.assertEqual(out.shape, (1, 2, 2, 3))
+    i01 = (np.asarray(self.images) + 1) / 2
+    for c in range(3):
+      np.testing.assert_allclose(out[..., c : c + 1], (i01 - mean[c]) / std[c], rtol=1e-6)
+    three = fusion.fuse(self.images, self.le, "channels")
+    np.testing.assert_allclose(
+      np.asarray(fusion.normalize(three, ((0.5,) * 3, (0.5,) * 3))), three, rtol=1e-6
+    )
+    self.assertEqual(fusion.num_channels("none", pretrained=True), 3)
+
   def test_bad_mode_or_missing_maps_are_refused(self):
     with self.assertRaisesRegex(ValueError, "config.fusion='sum'.*none, enhance, channels"):
       fusion.fuse(self.images, self.le, "sum")

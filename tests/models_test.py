@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from alenn_jax import models
+from alenn_jax import models, train_classifier
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting, layers
 from configs import stage2
+from tests import torchvision_parity
 
 
 def count(params) -> int:
@@ -209,3 +210,36 @@ class GeneratorPaddingTest(parameterized.TestCase):
     config.padding = "circular"
     with self.assertRaisesRegex(ValueError, "model.padding='circular'"):
       inpainting.build(config)[0].init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
+class TorchvisionParityTest(parameterized.TestCase):
+  """A grey image through the project's pretrained path (weights loaded from torchvision names,
+  inputs normalised as the weights expect) gives torchvision's logits for its RGB copy
+  (tests/data/make_torchvision_fixture.py wrote them with torch)."""
+
+  @parameterized.parameters(*torchvision_parity.CASES)
+  def test_logits_equal_torchvisions(self, name):
+    side, _, overrides = torchvision_parity.CASES[name]
+    config = stage2.get_config(f"full,backbone={name}")
+    config.data.image_size = side
+    config.model.update(overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+      config.model.pretrained = os.path.join(tmp, "weights.npz")
+      model = models.classifier_from_config(config)
+      shapes = layers.torchvision_shapes(abstract_variables(model, side))
+      np.savez(config.model.pretrained, **torchvision_parity.weights(shapes))
+      static = train_classifier.ClassifierSetup.from_config(config)
+      x = jnp.zeros((1, side, side, static.in_channels))
+      variables = layers.load_torchvision(
+        model.init(jax.random.PRNGKey(0), x, train=False), config.model.pretrained
+      )  # The heads too (the project keeps its own): the whole network is compared.
+    grey = torchvision_parity.grey_batch(side)
+    batch = {"image": jnp.asarray(grey[..., None] * 2.0 - 1.0)}
+    logits = jax.jit(
+      lambda v, b: model.apply(v, train_classifier.model_inputs(static, b), train=False)
+    )(variables, batch)
+    with np.load(os.path.join(os.path.dirname(__file__), "data", torchvision_parity.FIXTURE)) as f:
+      expected = f[f"{name}/logits"]
+    np.testing.assert_allclose(
+      np.asarray(logits), expected, rtol=2e-4, atol=2e-4 * np.abs(expected).max()
+    )

@@ -32,6 +32,18 @@ HEADS = {
   "inception_v3": ("fc.", "AuxLogits.fc."),
 }
 
+# What each backbone's torchvision ImageNet weights expect of an RGB image in [0, 1]: (mean, std)
+# per channel. VGG, ResNet and DenseNet: the ImageNet statistics (`transforms.Normalize`).
+# Inception-v3: torchvision builds it with `transform_input=True`, which turns those normalised
+# inputs back into (x - 0.5) / 0.5 per channel, the range Google's weights were trained on.
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+INPUT_STATS = {
+  "vgg19": IMAGENET_STATS,
+  "resnet50": IMAGENET_STATS,
+  "densenet121": IMAGENET_STATS,
+  "inception_v3": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
 
 def get_backbone(name: str, num_classes: int, **overrides) -> nn.Module:
   """The backbone `name` with a `num_classes`-way head and the given field overrides."""
