@@ -10,6 +10,7 @@ argument is one line naming the field instead of a traceback minutes into a run.
   rtv.*                  RTV parameters: positive (n_iter and max_cg_iters >= 1)
   model.padding          stage 1 generators': one of models.inpainting.PADDINGS
   group_by               data.group_by: one of datasets.folder.GROUP_BY
+  seeds                  a pipeline's: a positive integer (classifier runs per backbone and fusion)
   selection_fraction     data's: in (0, 0.5] (the share of train patients carved into `selection`)
   image_size, batch_size positive (a localize config's image_size may be 0: the stage 1 run's)
   window, stride         a localize config's: 1 <= stride <= window (0: stage 1's defaults)
@@ -103,6 +104,8 @@ def validate(
       not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 0.5
     ):
       _fail(where, value, "give the share of train patients held out for selection, in (0, 0.5]")
+    elif key in ("seeds", "bootstrap_resamples"):
+      _check_positive(where, value)
     elif key in ("image_size", "batch_size") and not isinstance(value, ml_collections.ConfigDict):
       _check_positive(where, value, allow_zero=key == "image_size" and inherits)
     if isinstance(value, ml_collections.ConfigDict):

@@ -8,7 +8,8 @@ stopped, and re-running it after success recomputes nothing.
 
   W/stage1/                     stage 1 (train_inpainting): checkpoints, report/table1.csv
   W/localize/                   stage 2a (localize): le_maps/, report/fig3_*.png, localization.csv
-  W/classifiers/<bb>_<fusion>/  stage 2b (train_classifier), one per backbone and fusion
+  W/classifiers/<bb>_<fusion>/  stage 2b (train_classifier), one per backbone and fusion (and
+                                seed: <bb>_<fusion>_seed<k> for the k-th of config.seeds > 1)
   W/report/                     report.md with every table and figure, and their source files
   W/config.json                 the configuration of the run
 """
@@ -127,8 +128,19 @@ def _record_config(config, workdir: str) -> None:
     )
 
 
-def classifier_dir(workdir: str, backbone: str, fusion_mode: str) -> str:
-  return os.path.join(workdir, "classifiers", f"{backbone}_{fusion_mode}")
+def classifier_dir(workdir: str, backbone: str, fusion_mode: str, seed_index: int = 0) -> str:
+  suffix = f"_seed{seed_index}" if seed_index else ""
+  return os.path.join(workdir, "classifiers", f"{backbone}_{fusion_mode}{suffix}")
+
+
+def classifier_dirs(config, workdir: str) -> list[str]:
+  """Every classifier run of the pipeline: backbone x fusion x seed."""
+  return [
+    classifier_dir(workdir, b, f, k)
+    for b in config.backbones
+    for f in config.fusions
+    for k in range(config.seeds)
+  ]
 
 
 def stages(config, workdir: str) -> list[tuple[str, str, callable]]:
@@ -143,17 +155,21 @@ def stages(config, workdir: str) -> list[tuple[str, str, callable]]:
   out.append(("stage 2a: LE maps", localize_dir, lambda: localize.run(loc, localize_dir)))
   for backbone in config.backbones:
     for fusion_mode in config.fusions:
-      c = config.stage2[backbone].copy_and_resolve_references()
-      c.fusion = fusion_mode
-      c.le_workdir = localize_dir
-      directory = classifier_dir(workdir, backbone, fusion_mode)
-      out.append(
-        (
-          f"stage 2b: {backbone}, fusion {fusion_mode}",
-          directory,
-          lambda c=c, d=directory: train_classifier.train_and_evaluate(c, d),
+      for k in range(config.seeds):
+        c = config.stage2[backbone].copy_and_resolve_references()
+        c.fusion = fusion_mode
+        c.le_workdir = localize_dir
+        c.seed += k  # Initialisation and dropout,
+        c.data.seed += k  # and the order and augmentation of the batches.
+        directory = classifier_dir(workdir, backbone, fusion_mode, k)
+        out.append(
+          (
+            f"stage 2b: {backbone}, fusion {fusion_mode}"
+            + (f", seed {k + 1} of {config.seeds}" if config.seeds > 1 else ""),
+            directory,
+            lambda c=c, d=directory: train_classifier.train_and_evaluate(c, d),
+          )
         )
-      )
   return out
 
 
@@ -224,5 +240,6 @@ def _collect_report(config, workdir: str, report_dir: str) -> None:
       tmp = os.path.join(report_dir, f".{name}.tmp")
       shutil.copyfile(src, tmp)
       os.replace(tmp, os.path.join(report_dir, name))
-  runs = [classifier_dir(workdir, b, f) for b in config.backbones for f in config.fusions]
+  runs = classifier_dirs(config, workdir)
   report.table2(runs, report_dir, config.test_split)
+  report.le_effect(runs, report_dir, config.test_split, config.bootstrap_resamples)

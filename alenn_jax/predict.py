@@ -13,7 +13,7 @@ Each image is read as the training data was (grey, its longest side fitted to th
 `max_side`, letterboxed), repainted window by window as the localize job did, and classified
 exactly as the classifier's own evaluation does. Outputs, in OUT:
 
-  predictions.csv   path, p_abnormal_<backbone>_<fusion> per classifier, le_max, le_area
+  predictions.csv   path, p_abnormal_<backbone>_<fusion>[_seed<k>] per classifier, le_max, le_area
                     (the fraction of the image with LE >= 0.5), one row per readable image
   maps/<name>.png   the image, its LE map and the overlay (as Figure 3)
   maps/<name>_d.npy D at the image's own resolution (float32)
@@ -214,9 +214,11 @@ def load_models(from_workdir: str, mesh) -> Models:
       )
     trained = checkpointing.load_classifier(directory, "best", mesh)
     setup = train_classifier.ClassifierSetup.from_config(config)
+    name = f"{config.backbone}_{config.fusion}"
+    base = os.path.basename(os.path.normpath(directory))  # A pipeline's <name>_seed<k> runs.
     classifiers.append(
       Classifier(
-        column=f"p_abnormal_{config.backbone}_{config.fusion}",
+        column=f"p_abnormal_{base if base.startswith(name) else name}",
         config=config,
         trained=trained,
         predict_step=train_classifier.make_predict_step(setup, mesh),
@@ -459,7 +461,7 @@ def _predict_batch(predictor: _Predictor, good, names, workdir: str, with_maps: 
   for classifier in predictor.models.classifiers:
     probs = predictor.probabilities(classifier, pictures, les)
     for row, p in zip(rows, probs, strict=True):
-      row[classifier.column] = f"{float(p):.6f}"
+      row[classifier.column] = f"{float(p):.9g}"
   return rows
 
 

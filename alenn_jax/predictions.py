@@ -27,13 +27,18 @@ def predictions_path(workdir: str, split: str) -> str:
   return os.path.join(workdir, REPORT, f"predictions_{split}.csv")
 
 
+def mura_study(example_id: str) -> str:
+  """The study an image of MURA belongs to (its id without the image name)."""
+  return example_id.rsplit("/", 1)[0]
+
+
 def write_predictions(path: str, preds: dict) -> None:
   """`preds`: ids (str list), labels and probs (arrays of the same length)."""
   with image_io.atomic_open(path, "w") as f:
     writer = csv.writer(f)
     writer.writerow(["id", "label", "prob_abnormal"])
     for i, label, p in zip(preds["ids"], preds["labels"], preds["probs"], strict=True):
-      writer.writerow([i, int(label), f"{float(p):.6f}"])
+      writer.writerow([i, int(label), f"{float(p):.9g}"])  # Round-trips float32.
 
 
 def read_predictions(path: str) -> dict:

@@ -279,16 +279,12 @@ def predict(config, predict_step, params, batch_stats, mesh, split: str, maps) -
   return {"ids": ids, "labels": np.concatenate(labels), "probs": np.concatenate(probs)}
 
 
-def _mura_study(example_id: str) -> str:
-  return example_id.rsplit("/", 1)[0]
-
-
 def scores_of(config, preds: dict) -> dict:
   """Image-level scores (and study-level ones for MURA) of `predict`'s output."""
   out = {"image": metrics.classification_metrics(preds["labels"], preds["probs"], config.threshold)}
   if config.data.name.startswith("mura"):
     _, labels, probs = metrics.study_level(
-      preds["ids"], preds["labels"], preds["probs"], _mura_study
+      preds["ids"], preds["labels"], preds["probs"], predictions.mura_study
     )
     out["study"] = metrics.classification_metrics(labels, probs, config.threshold)
   for level, scores in out.items():
@@ -312,6 +308,7 @@ def write_outputs(config, workdir: str, split: str, step: int, scores: dict, pre
   info = {
     "backbone": config.backbone,
     "fusion": config.fusion,
+    "seed": config.seed,
     "dataset": config.data.name,
     "split": split,
     "step": step,

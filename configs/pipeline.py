@@ -31,6 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.backbones = BACKBONES
   config.fusions = ("none", "enhance")  # Table 2 compares the first (baseline) with the others.
   config.classifier_image_size_from_data = size != "full"  # Else each classifier's own size.
+  config.seeds = 3 if size == "full" else 1  # Each classifier trained this often (seed, seed+1..).
+  config.bootstrap_resamples = 2000  # Paired bootstrap of Table 2's LE effect (over images).
   config.stage1 = stage1.get_config(size)
   config.localize = localize.get_config(size)
   config.stage2 = ml_collections.ConfigDict(

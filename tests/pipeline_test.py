@@ -11,7 +11,8 @@ import numpy as np
 from absl.testing import absltest
 from PIL import Image
 
-from alenn_jax import datasets, le_maps, pipeline, predict, predictions
+from alenn_jax import datasets, le_maps, pipeline, predict, predictions, stats
+from alenn_jax import report as report_lib
 from alenn_jax.errors import UserInputError
 from configs import pipeline as pipeline_config
 from configs import predict as predict_config
@@ -54,13 +55,14 @@ class PipelineTest(absltest.TestCase):
       "report.md",
       "table1.csv",
       "table2.csv",
+      "table2_le_effect.csv",
       "localization.csv",
       "fig3_normal.png",
       "fig3_abnormal.png",
       "fig4_roc.png",
     ):
       self.assertGreater(os.path.getsize(os.path.join(report, name)), 0, name)
-    for name in ("table1.csv", "table2.csv", "localization.csv"):
+    for name in ("table1.csv", "table2.csv", "table2_le_effect.csv", "localization.csv"):
       with open(os.path.join(report, name)) as f:
         rows = list(csv.DictReader(f))
       self.assertNotEmpty(rows, name)
@@ -73,6 +75,19 @@ class PipelineTest(absltest.TestCase):
           self.assertTrue(math.isfinite(number), f"{name}: {key}={value}")
     with open(os.path.join(report, "table2.csv")) as f:
       rows = list(csv.DictReader(f))
+    with open(os.path.join(report, "table2_le_effect.csv")) as f:
+      effect = list(csv.DictReader(f))
+    self.assertEqual(list(effect[0]), list(report_lib.LE_EFFECT_COLUMNS))
+    self.assertEqual(
+      [(r["backbone"], r["metric"]) for r in effect if r["metric"] in ("accuracy", "auc")],
+      [(b, m) for b in ("resnet50", "densenet121") for m in ("accuracy", "auc")],
+    )
+    for r in effect:
+      self.assertLessEqual(float(r["ci_low"]), float(r["ci_high"]))
+      self.assertTrue(0 <= float(r["p"]) <= 1)
+      self.assertEqual(r["test"], "DeLong" if r["metric"] == "auc" else "bootstrap")
+    with open(os.path.join(report, "report.md")) as f:
+      self.assertIn("**ResNet-50**, LE by `enhance`: AUC", f.read())
     self.assertEqual(
       [(r["Backbone"], r["With LE"]) for r in rows],
       [
@@ -236,15 +251,30 @@ class MuraPipelineTest(absltest.TestCase):
     config = smoke_config(f"{tmp}/data")
     config.data.name, config.data.manual_dir = "mura/xr_elbow", f"{tmp}/manual"
     config.backbones = ("resnet50",)
+    config.seeds = 2
     result = pipeline.run(config, f"{tmp}/w")
     with open(result["report"]) as f:
       text = f.read()
     self.assertIn("checkpoints selected by kappa on `selection`, scored on `valid`.", text)
     self.assertIn("| selection | 4 | 2 | 6 |", text)
     for fusion_mode in ("none", "enhance"):
-      run = pipeline.classifier_dir(f"{tmp}/w", "resnet50", fusion_mode)
-      self.assertTrue(os.path.exists(predictions.metrics_path(run, "valid")))
-      self.assertFalse(os.path.exists(predictions.metrics_path(run, "selection")))
+      for seed in (0, 1):
+        run = pipeline.classifier_dir(f"{tmp}/w", "resnet50", fusion_mode, seed)
+        self.assertTrue(os.path.exists(predictions.metrics_path(run, "valid")))
+        self.assertFalse(os.path.exists(predictions.metrics_path(run, "selection")))
+    # Two seeds: Table 2 is their mean with an sd; the LE effect compares the seed-means, per
+    # image and per study.
+    with open(f"{tmp}/w/report/table2.csv") as f:
+      rows = list(csv.DictReader(f))
+    self.assertEqual([r["Seeds"] for r in rows], ["2", "2"])
+    self.assertIn("Kappa sd", rows[0])
+    for level in ("", "_study"):
+      with open(f"{tmp}/w/report/table2_le_effect{level}.csv") as f:
+        effect = list(csv.DictReader(f))
+      self.assertEqual([r["metric"] for r in effect], list(stats.METRICS))
+      self.assertEqual({r["seeds"] for r in effect}, {"2/2"})
+    self.assertEqual(effect[0]["n"], "8")  # Studies of valid.
+    self.assertIn("each classifier trained 2 times", text)
     # Every image has one map, in the split it belongs to.
     maps = {
       s: set(le_maps.read_difference_maps(f"{tmp}/w/localize", s)) for s in ("train", "selection")
