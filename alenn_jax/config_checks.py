@@ -10,7 +10,8 @@ argument is one line naming the field instead of a traceback minutes into a run.
   rtv.*                  RTV parameters: positive (n_iter and max_cg_iters >= 1)
   model.padding          stage 1 generators': one of models.inpainting.PADDINGS
   group_by               data.group_by: one of datasets.folder.GROUP_BY
-  seeds                  a pipeline's: a positive integer (classifier runs per backbone and fusion)
+  seeds, folds           positive integers (classifier runs per backbone and fusion; cross-fitting
+                         folds of the LE maps and of the data)
   selection_fraction     data's: in (0, 0.5] (the share of train patients carved into `selection`)
   image_size, batch_size positive (a localize config's image_size may be 0: the stage 1 run's)
   window, stride         a localize config's: 1 <= stride <= window (0: stage 1's defaults)
@@ -100,11 +101,15 @@ def validate(
       _check_choice(where, value, inpainting.PADDINGS)
     elif key == "group_by":
       _check_choice(where, value, GROUP_BY)
+    elif key == "holdout_fold" and (
+      not isinstance(value, int) or not -1 <= value < max(1, config.get("folds", 1))
+    ):
+      _fail(where, value, f"use -1 (none) or a fold in [0, {config.get('folds', 1)})")
     elif key == "selection_fraction" and (
       not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value <= 0.5
     ):
       _fail(where, value, "give the share of train patients held out for selection, in (0, 0.5]")
-    elif key in ("seeds", "bootstrap_resamples"):
+    elif key in ("seeds", "bootstrap_resamples", "folds"):
       _check_positive(where, value)
     elif key in ("image_size", "batch_size") and not isinstance(value, ml_collections.ConfigDict):
       _check_positive(where, value, allow_zero=key == "image_size" and inherits)

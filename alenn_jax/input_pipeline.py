@@ -64,6 +64,10 @@ def data_config() -> ml_collections.ConfigDict:
   # selected on the split that is scored.
   config.selection_fraction = 0.1
   config.paper_selection = False  # True: carve nothing; select on the scored split (optimistic).
+  # Cross-fitting (stage 1 of `localize.folds` > 1): the train split's patients fall into `folds`
+  # folds by a hash; `holdout_fold` >= 0 leaves that fold out of the train split.
+  config.folds = 1
+  config.holdout_fold = -1
   config.batch_size = 16  # Global batch size (the paper's 16).
   config.crop = 0  # Training batches: random crops of this side (px) of the images (0: whole).
   config.seed = 0  # Shuffling and augmentation seed.
@@ -333,15 +337,39 @@ def _carved_rows(builder, config) -> tuple[np.ndarray, np.ndarray]:
   return _CARVED[key]
 
 
+def fold_of(group: str, folds: int) -> int:
+  """The cross-fitting fold of a patient (or image): a hash, the same on every machine and run."""
+  digest = hashlib.sha256(f"fold:{group}".encode()).digest()
+  return int.from_bytes(digest[:8], "big") % folds
+
+
 def _split_rows(builder, config, split: str) -> tuple[str, np.ndarray | None]:
   """(the dataset's own split that holds `split`, its rows; None: all of them)."""
-  if not carves_selection(config, builder.info.splits):
-    return split, None
-  if split == SELECTION:
-    return config.train_split, _carved_rows(builder, config)[0]
-  if split == config.train_split:
-    return split, _carved_rows(builder, config)[1]
-  return split, None
+  rows = None
+  if carves_selection(config, builder.info.splits):
+    if split == SELECTION:
+      return config.train_split, _carved_rows(builder, config)[0]
+    if split == config.train_split:
+      rows = _carved_rows(builder, config)[1]
+  holdout = config.get("holdout_fold", -1)
+  if split == config.train_split and holdout >= 0:
+    folds = _folds(builder, config, split, rows)
+    rows = (np.arange(len(folds)) if rows is None else rows)[folds != holdout]
+  return split, rows
+
+
+def _folds(builder, config, split: str, rows=None) -> np.ndarray:
+  """The fold (`fold_of`, `config.folds`) of every example of the dataset's split `split` (of its
+  `rows`, when given)."""
+  raw = builder.as_data_source(split, decoders=_skip_images())
+  rows = range(len(raw)) if rows is None else rows
+  return np.asarray([fold_of(selection_group(raw[int(i)]), config.folds) for i in rows], np.int64)
+
+
+def split_folds(config: ml_collections.ConfigDict, split: str) -> dict[str, int]:
+  """id -> cross-fitting fold of every example of `split` (`config.folds` folds)."""
+  raw = _undecoded_split(_prepared_builder(config, split), config, split)
+  return {_id_of(raw[i]): fold_of(selection_group(raw[i]), config.folds) for i in range(len(raw))}
 
 
 def _source(builder, config, split: str, decoders=None):
@@ -497,9 +525,16 @@ def train_iterator(
 
 
 def eval_iterator(
-  config: ml_collections.ConfigDict, mesh, split: str | None = None, labels=None, le_maps=None
+  config: ml_collections.ConfigDict,
+  mesh,
+  split: str | None = None,
+  labels=None,
+  le_maps=None,
+  fold: int | None = None,
 ) -> GlobalBatches:
   """One pass over every selected example of `split`, in order, the last batch padded (weight 0).
+  `fold`: only the examples of that cross-fitting fold (`fold_of`, `config.folds` folds); it may
+  have none (then no batch).
 
   Every process gets the same number of batches, so collective evaluation steps never deadlock.
   """
@@ -507,6 +542,14 @@ def eval_iterator(
   local_batch = _local_batch_size(config, mesh)
   source, all_labels = _open_split(config, split)
   indices = _select(all_labels, config.labels if labels is None else labels, config.name, split)
+  if fold is not None:
+    raw = _undecoded_split(_prepared_builder(config, split), config, split)
+    indices = np.asarray(
+      [i for i in indices if fold_of(selection_group(raw[int(i)]), config.folds) == fold],
+      np.int64,
+    )
+    if not len(indices):
+      return GlobalBatches(iter(()), mesh, 0)
   num_batches = math.ceil(len(indices) / config.batch_size)
   padded = np.full(num_batches * config.batch_size, -1, np.int64)
   padded[: len(indices)] = indices

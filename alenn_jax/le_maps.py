@@ -1,7 +1,8 @@
 """The LE-map storage format: written by the localize job, read by the report, the classifiers and
 anything else that uses a localize workdir's maps.
 
-A localize workdir W holds, per split, `W/le_maps/<split>/shard_XXXXX.npz`, each with `ids` (str
+A localize workdir W holds, per split, `W/le_maps/<split>/shard_XXXXX.npz` (cross-fitted maps:
+`shard_f<fold>_XXXXX.npz`, one series per fold's generator), each with `ids` (str
 [N]), `shapes` (int32 [N, 2]) and `offsets` (int64 [N + 1]) into `data` (float16, the difference
 maps D of all N images flattened, each cropped back to the image inside the letterbox square), and
 `W/le_maps/scale.json`: the dataset-level constant that turns D into the LE map,
@@ -21,8 +22,9 @@ from alenn_jax.errors import UserInputError
 LE_MAPS = "le_maps"  # The folder of a localize workdir that holds the maps.
 
 
-def shard_path(workdir: str, split: str, index: int) -> str:
-  return os.path.join(workdir, LE_MAPS, split, f"shard_{index:05d}.npz")
+def shard_path(workdir: str, split: str, index: int, fold: int | None = None) -> str:
+  name = f"shard_{index:05d}.npz" if fold is None else f"shard_f{fold}_{index:05d}.npz"
+  return os.path.join(workdir, LE_MAPS, split, name)
 
 
 def scale_path(workdir: str) -> str:

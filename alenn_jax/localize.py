@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alenn_jax import checkpointing, input_pipeline, le_maps, report, rtv, sharding
+from alenn_jax import checkpointing, image_io, input_pipeline, le_maps, report, rtv, sharding
 from alenn_jax import masks as masks_lib
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting
@@ -246,15 +246,15 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
   return jax.jit(step)
 
 
-def map_split(config, step, params, mesh, workdir: str, split: str) -> int:
-  """Computes and stores D for every image of `split` with `make_map_step`'s `step`, skipping
-  finished shards; returns a count."""
-  iterator = input_pipeline.eval_iterator(config.data, mesh, split, labels=(0, 1))
+def map_split(config, step, params, mesh, workdir: str, split: str, fold=None) -> int:
+  """Computes and stores D for every image of `split` (of its cross-fitting `fold` only, when
+  given) with `make_map_step`'s `step`, skipping finished shards; returns a count."""
+  iterator = input_pipeline.eval_iterator(config.data, mesh, split, labels=(0, 1), fold=fold)
   per_shard = config.batches_per_shard
   num_shards = -(-iterator.num_batches // per_shard)
   done, t0, computed = 0, time.perf_counter(), 0
   for shard in range(num_shards):
-    path = le_maps.shard_path(workdir, split, shard)
+    path = le_maps.shard_path(workdir, split, shard, fold)
     batches = [
       next(iterator) for _ in range(min(per_shard, iterator.num_batches - shard * per_shard))
     ]
@@ -278,12 +278,13 @@ def map_split(config, step, params, mesh, workdir: str, split: str) -> int:
     remaining = sum(
       1
       for s in range(shard + 1, num_shards)
-      if not os.path.exists(le_maps.shard_path(workdir, split, s))
+      if not os.path.exists(le_maps.shard_path(workdir, split, s, fold))
     )
     eta = remaining * per_shard * config.data.batch_size / max(rate, 1e-9)
     logging.info(
-      "le_maps %s: shard %d/%d, %d images, %.2f images/s, ETA %.0f s",
+      "le_maps %s%s: shard %d/%d, %d images, %.2f images/s, ETA %.0f s",
       split,
+      "" if fold is None else f" (fold {fold})",
       shard + 1,
       num_shards,
       done,
@@ -317,27 +318,90 @@ def compute_scale(config, workdir: str, labels_by_id: dict[str, int]) -> float:
   return scale
 
 
+def generator_dirs(source: str, folds: int) -> list[str]:
+  """The stage 1 workdirs the maps come from: `source`, or `source/fold<k>` when cross-fitted."""
+  if folds <= 1:
+    return [source]
+  return [os.path.join(source, f"fold{k}") for k in range(folds)]
+
+
+def _load_generators(config, source: str, mesh) -> list:
+  """The generator of every fold, each checked to have been trained without its own fold."""
+  if not isinstance(config.folds, int) or config.folds < 1:
+    raise UserInputError(f"config.folds={config.folds!r}: use 1 (no cross-fitting) or more.")
+  generators = []
+  for k, directory in enumerate(generator_dirs(source, config.folds)):
+    generator = checkpointing.load_generator(directory, mesh=mesh)
+    data = generator.config.data
+    if config.folds > 1 and (data.get("folds", 1), data.get("holdout_fold", -1)) != (
+      config.folds,
+      k,
+    ):
+      raise UserInputError(
+        f"config.folds={config.folds}: the stage 1 run in {directory} was trained with "
+        f"data.folds={data.get('folds', 1)}, data.holdout_fold={data.get('holdout_fold', -1)}; "
+        f"fold {k}'s generator must be trained with data.folds={config.folds}, "
+        f"data.holdout_fold={k}."
+      )
+    logging.info("stage 1 generator from %s, step %d", directory, generator.step)
+    generators.append(generator)
+  return generators
+
+
+def normal_le_by_split(config, workdir: str, scale: float) -> list[dict]:
+  """Mean LE over the normal images of every split: a generator scores the images it was fit on
+  lower than any held-out image (in-sample maps), which cross-fitting removes."""
+  rows = []
+  for split in input_pipeline.split_names(config.data):
+    labels = input_pipeline.split_labels(config.data, split)
+    maps = le_maps.read_difference_maps(workdir, split)
+    values = [le_maps.le_map(d, scale).mean() for k, d in maps.items() if labels.get(k) == 0]
+    rows.append(
+      {
+        "split": split,
+        "normal_images": len(values),
+        "mean_le": f"{np.mean(values):.4f}" if values else "nan",
+        "maps": f"cross-fitted ({config.folds} folds)"
+        if config.folds > 1
+        else ("in-sample" if split == config.data.train_split else "held-out"),
+      }
+    )
+  return rows
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Maps every split with the stage 1 generator of `config.init_from` (default: `workdir`),
-  calibrates the LE scale on the training normals, writes the report."""
+  """Maps every split with the stage 1 generator of `config.init_from` (default: `workdir`; with
+  `config.folds` > 1, each image with its fold's generator), calibrates the LE scale on the
+  training normals, writes the report."""
   if jax.process_count() > 1:
     raise UserInputError("the localize job runs on one host; start it without --multihost.")
   mesh = sharding.make_mesh()
   source = config.init_from or workdir
-  generator = checkpointing.load_generator(source, mesh=mesh)
-  logging.info("stage 1 generator from %s, step %d", source, generator.step)
+  generators = _load_generators(config, source, mesh)
+  generator = generators[0]
   config = resolve(config, generator.config)
   with config.unlocked():
     # Recorded with the maps (W/config_localize.json), so maps of another generator are stale.
     config.generator = ml_collections.ConfigDict(
       {"workdir": generator.workdir, "step": generator.step}
     )
+    if config.folds > 1:
+      config.generator.folds = [f"{g.workdir}@{g.step}" for g in generators]
+    config.data.folds = config.folds
   checkpointing.check_config(config, workdir, MAP_FIELDS, (le_maps.LE_MAPS,))
   step = make_map_step(config, generator)
   counts = {}
   for split in input_pipeline.split_names(config.data):
-    counts[split] = map_split(config, step, generator.params, mesh, workdir, split)
+    if config.folds == 1:
+      counts[split] = map_split(config, step, generator.params, mesh, workdir, split)
+    else:
+      counts[split] = sum(
+        map_split(config, step, g.params, mesh, workdir, split, fold=k)
+        for k, g in enumerate(generators)
+      )
   labels = input_pipeline.split_labels(config.data, config.data.train_split)
   scale = compute_scale(config, workdir, labels)
   report.localization_report(config, workdir, mesh, scale)
+  gap = normal_le_by_split(config, workdir, scale)
+  image_io.write_csv(os.path.join(workdir, "report", "normal_le.csv"), gap, list(gap[0]))
   return {"images": counts, "scale": scale}

@@ -6,7 +6,8 @@ Every stage has its own folder in W and is skipped when its `done.json` is there
 stage resumes from its own checkpoints. So re-running the command after a crash continues where it
 stopped, and re-running it after success recomputes nothing.
 
-  W/stage1/                     stage 1 (train_inpainting): checkpoints, report/table1.csv
+  W/stage1/                     stage 1 (train_inpainting): checkpoints, report/table1.csv (with
+                                localize.folds = K > 1: W/stage1/fold<k>/, one per fold)
   W/localize/                   stage 2a (localize): le_maps/, report/fig3_*.png, localization.csv
   W/classifiers/<bb>_<fusion>/  stage 2b (train_classifier), one per backbone and fusion (and
                                 seed: <bb>_<fusion>_seed<k> for the k-th of config.seeds > 1)
@@ -98,6 +99,15 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       f"{masks.window}: stage 1 is trained on the windows the LE maps use; set both, or leave "
       "localize.window at 0."
     )
+  if not isinstance(loc.folds, int) or loc.folds < 1:
+    raise UserInputError(f"config.localize.folds={loc.folds!r}: use 1 (no cross-fitting) or more.")
+  if loc.folds > 1:
+    normals = sum(1 for v in input_pipeline.split_labels(data, data.train_split).values() if v == 0)
+    if loc.folds > normals:
+      raise UserInputError(
+        f"config.localize.folds={loc.folds} is more than the {normals} normal training images of "
+        f"{data.name}; use at most {normals} folds."
+      )
   masks.grid_stride = loc.stride
   masks.grid_gap = loc.gap if loc.method == "multi_window" else 0
   for backbone in config.backbones:
@@ -147,10 +157,16 @@ def stages(config, workdir: str) -> list[tuple[str, str, callable]]:
   """(name, directory, function) of every stage, in order."""
   stage1_dir = os.path.join(workdir, "stage1")
   localize_dir = os.path.join(workdir, "localize")
-  out = [
-    ("stage 1: inpainting GAN", stage1_dir, lambda: _train_stage1(config, stage1_dir)),
-  ]
   loc = config.localize
+  folds = loc.folds
+  out = []
+  for k, directory in enumerate(localize.generator_dirs(stage1_dir, folds)):
+    c = config.stage1.copy_and_resolve_references()
+    name = "stage 1: inpainting GAN"
+    if folds > 1:  # Cross-fitting: generator k never sees the train patients of fold k.
+      c.data.folds, c.data.holdout_fold = folds, k
+      name += f", without fold {k + 1} of {folds}"
+    out.append((name, directory, lambda c=c, d=directory: _train_stage1(c, d)))
   loc.init_from = stage1_dir
   out.append(("stage 2a: LE maps", localize_dir, lambda: localize.run(loc, localize_dir)))
   for backbone in config.backbones:
@@ -173,8 +189,7 @@ def stages(config, workdir: str) -> list[tuple[str, str, callable]]:
   return out
 
 
-def _train_stage1(config, directory: str) -> None:
-  c = config.stage1
+def _train_stage1(c, directory: str) -> None:
   if c.stop_at_step >= 0:
     raise UserInputError("config.stage1.stop_at_step must stay -1 inside the pipeline.")
   train_inpainting.train_and_evaluate(c, directory)
@@ -230,7 +245,12 @@ def _collect_report(config, workdir: str, report_dir: str) -> None:
   """Copies the stages' tables and figures into W/report and writes Table 2 and Figure 4."""
   os.makedirs(report_dir, exist_ok=True)
   sources = {
-    os.path.join(workdir, "stage1", "report", "table1.csv"): "table1.csv",
+    os.path.join(
+      localize.generator_dirs(os.path.join(workdir, "stage1"), config.localize.folds)[0],
+      "report",
+      "table1.csv",
+    ): "table1.csv",
+    os.path.join(workdir, "localize", "report", "normal_le.csv"): "normal_le.csv",
     os.path.join(workdir, "localize", "report", "localization.csv"): "localization.csv",
     os.path.join(workdir, "localize", "report", "fig3_normal.png"): "fig3_normal.png",
     os.path.join(workdir, "localize", "report", "fig3_abnormal.png"): "fig3_abnormal.png",

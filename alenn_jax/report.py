@@ -540,7 +540,13 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
     + (f" (gap {localize.gap} px)" if localize.method == "multi_window" else "")
     + (f" (crop {localize.context} px)" if localize.method == "context" else "")
     + f", window {localize.window} px, stride {localize.stride} px; scale = "
-    f"the {localize.percentile:g}th percentile of D over the training normals.",
+    f"the {localize.percentile:g}th percentile of D over the training normals"
+    + (
+      f"; cross-fitted: {localize.get('folds', 1)} stage 1 generators, each trained without one "
+      "fold of the train patients, each image mapped by the one that never saw it."
+      if localize.get("folds", 1) > 1
+      else "; one generator, fit on the training normals themselves (in-sample maps)."
+    ),
     f"- Classifiers: {', '.join(config.backbones)}, each with fusion "
     f"{' and '.join(config.fusions)}; checkpoints selected by kappa on `{data.eval_split}`, "
     f"scored on `{config.test_split}`"
@@ -599,6 +605,13 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
     "beat the random and centre-prior references, and stay low on normal images.",
     "",
     _markdown_table(_read_csv(os.path.join(report_dir, "localization.csv"))),
+    "",
+    "Mean LE over the normal images of each split. A generator repaints the images it was trained "
+    "on better than new ones, so in-sample maps of training normals are darker than held-out "
+    "normals' maps, and a classifier fed them can learn that gap instead of lesions; "
+    "cross-fitting (`localize.folds` > 1) maps every image out of sample.",
+    "",
+    _markdown_table(_read_csv(os.path.join(report_dir, "normal_le.csv"))),
     "",
     "## Figure 3: difference and LE maps",
     "",

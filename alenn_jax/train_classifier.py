@@ -80,11 +80,7 @@ class ClassifierSetup:
   @classmethod
   def from_config(cls, config, class_weights=(1.0, 1.0)):
     model = models.classifier_from_config(config)
-    opt = config.optimizer
-    if opt.weight_decay > 0:
-      tx = optax.adamw(opt.learning_rate, opt.b1, opt.b2, weight_decay=opt.weight_decay)
-    else:
-      tx = optax.adam(opt.learning_rate, opt.b1, opt.b2)
+    tx = make_optimizer(config.optimizer, config.num_train_steps)
     return cls(
       model=model,
       tx=tx,
@@ -95,6 +91,31 @@ class ClassifierSetup:
       in_channels=fusion.num_channels(config.fusion, bool(config.model.pretrained)),
       input_stats=models.INPUT_STATS[config.backbone] if config.model.pretrained else None,
     )
+
+
+def learning_rate(opt, total_steps: int):
+  """The learning rate per step: `opt.learning_rate`, constant (the paper's) or, with
+  `opt.schedule="cosine"`, warmed up linearly over `opt.warmup_steps` and then decayed to 0 along a
+  cosine by `total_steps`."""
+  if opt.get("schedule", "constant") == "constant":
+    if opt.get("warmup_steps", 0):
+      return optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
+    return opt.learning_rate
+  return optax.warmup_cosine_decay_schedule(
+    0.0, opt.learning_rate, max(1, opt.get("warmup_steps", 0)), max(total_steps, 2)
+  )
+
+
+def make_optimizer(opt, total_steps: int) -> optax.GradientTransformation:
+  """Adam (AdamW when `weight_decay` > 0) on `learning_rate`'s schedule, after clipping the
+  global gradient norm to `grad_clip` (0: no clipping)."""
+  rate = learning_rate(opt, total_steps)
+  if opt.weight_decay > 0:
+    adam = optax.adamw(rate, opt.b1, opt.b2, weight_decay=opt.weight_decay)
+  else:
+    adam = optax.adam(rate, opt.b1, opt.b2)
+  clip = opt.get("grad_clip", 0.0)
+  return optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
 
 
 def check_input_size(model, config, image_size: int) -> None:

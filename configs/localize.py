@@ -5,6 +5,9 @@ stored in its workdir: nothing about stage 1 is repeated here.
   python launch.py --config=configs/localize.py --workdir=W      # W holds stage 1
   python launch.py --config=configs/localize.py --workdir=W --config.init_from=/stage1/workdir
   python launch.py --config=configs/localize.py:smoke --workdir=W   # small shards and figures
+  python launch.py --config=configs/localize.py --workdir=W --config.init_from=S \
+      --config.folds=3      # cross-fitted: S/fold0..2 are stage 1 runs with data.folds=3 and
+                            # data.holdout_fold=0..2
 """
 
 import ml_collections
@@ -21,6 +24,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.trainer = "localize"
   config.init_from = ""  # Stage 1 workdir to load the generator from ("": --workdir itself).
+  # Cross-fitting: > 1 reads K generators from init_from/fold<k>, each trained without fold k of
+  # the train patients (stage 1 with data.folds=K, data.holdout_fold=k); every image is mapped by
+  # the generator of its own fold, which never saw it.
+  config.folds = 1
   config.data = input_pipeline.data_config()
   config.data.name = ""  # "": the stage 1 run's dataset (with its folders and splits).
   config.data.image_size = 0  # 0: the stage 1 run's image size.

@@ -38,6 +38,9 @@ class ValidateTest(parameterized.TestCase):
     ("group_by", pipeline, "smoke", "data.group_by", "patient", r"config.data.group_by='patient'"),
     ("selection_zero", pipeline, "smoke", "data.selection_fraction", 0.0, r"in \(0, 0.5\]"),
     ("selection_big", stage2, "smoke", "data.selection_fraction", 0.6, r"fraction=0.6 is not"),
+    ("seeds", pipeline, "smoke", "seeds", 0, r"config.seeds=0 is not valid; it must be a positive"),
+    ("folds", pipeline, "smoke", "localize.folds", 0, r"config.localize.folds=0 is not valid"),
+    ("holdout", stage1, "smoke", "data.holdout_fold", 3, r"holdout_fold=3 .*\[0, 1\)"),
     ("padding", stage1, "smoke", "model.padding", "same", r"config.model.padding='same'"),
     ("nested", pipeline, "smoke", "stage1.masks.weights", (1.0,), r"config.stage1.masks.weights"),
   )

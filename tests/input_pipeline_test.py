@@ -161,6 +161,33 @@ class PipelineTest(absltest.TestCase):
     np.testing.assert_array_equal(np.asarray(batch["image"]), np.asarray(again["image"]))
     np.testing.assert_array_equal(np.asarray(batch["valid_box"])[0], [0, 0, 48, 48])
 
+  def test_a_held_out_fold_is_left_out_of_train_only(self):
+    folds = input_pipeline.split_folds(self.config(folds=3), "train")
+    self.assertEqual(sorted(set(folds.values())), [0, 1, 2])
+    for k in range(3):
+      config = self.config(folds=3, holdout_fold=k)
+      train = input_pipeline.split_labels(config, "train")
+      self.assertEqual(set(train), {i for i, f in folds.items() if f != k})
+      seen = set()
+      iterator = input_pipeline.train_iterator(config, self.mesh)
+      for _ in range(8):
+        seen.update(ids(next(iterator)))
+      self.assertEmpty({i for i in seen if folds[i] == k})
+      # Other splits are whole; mapping one fold of a split (no fold held out) reads that fold.
+      self.assertEqual(
+        input_pipeline.split_labels(config, "test"),
+        input_pipeline.split_labels(self.config(), "test"),
+      )
+      mapped = [
+        i
+        for b in input_pipeline.eval_iterator(
+          self.config(folds=3), self.mesh, "train", labels=(0, 1), fold=k
+        )
+        for i in ids(b)
+        if i
+      ]
+      self.assertEqual(sorted(mapped), sorted(i for i, f in folds.items() if f == k))
+
   def test_bad_config_is_a_clear_error(self):
     with self.assertRaisesRegex(
       UserInputError, "config.data.batch_size=12 is not divisible by the 8"

@@ -11,7 +11,16 @@ import numpy as np
 from absl.testing import absltest
 from PIL import Image
 
-from alenn_jax import datasets, le_maps, pipeline, predict, predictions, stats
+from alenn_jax import (
+  checkpointing,
+  datasets,
+  input_pipeline,
+  le_maps,
+  pipeline,
+  predict,
+  predictions,
+  stats,
+)
 from alenn_jax import report as report_lib
 from alenn_jax.errors import UserInputError
 from configs import pipeline as pipeline_config
@@ -109,6 +118,12 @@ class PipelineTest(absltest.TestCase):
       "stage 2b: densenet121, fusion enhance",
     ):
       self.assertIn(needle, text)
+
+  def test_more_folds_than_normals_is_refused(self):
+    config = smoke_config(self.data_dir)
+    config.localize.folds = 10_000
+    with self.assertRaisesRegex(UserInputError, r"config.localize.folds=10000 is more than the"):
+      pipeline.resolve(config)
 
   def test_rerun_recomputes_nothing(self):
     before = mtimes(self.workdir)
@@ -252,6 +267,7 @@ class MuraPipelineTest(absltest.TestCase):
     config.data.name, config.data.manual_dir = "mura/xr_elbow", f"{tmp}/manual"
     config.backbones = ("resnet50",)
     config.seeds = 2
+    config.localize.folds = 2  # Cross-fitted maps: two stage 1 generators, folds by patient.
     result = pipeline.run(config, f"{tmp}/w")
     with open(result["report"]) as f:
       text = f.read()
@@ -282,6 +298,28 @@ class MuraPipelineTest(absltest.TestCase):
     self.assertLen(maps["train"] | maps["selection"], 100)
     self.assertEmpty(maps["train"] & maps["selection"])
     self.assertTrue(os.path.exists(f"{tmp}/w/report/table2_study.csv"))
+    # Cross-fitted: generator k never saw fold k's patients, and maps exactly those.
+    data = input_pipeline.data_config()
+    data.name, data.data_dir, data.folds = "mura/xr_elbow", f"{tmp}/data", 2
+    patient = lambda i: i.split("/")[2]
+    for split in ("train", "selection", "valid"):
+      folds = input_pipeline.split_folds(data, split)
+      by_patient = {}
+      for i, k in folds.items():
+        by_patient.setdefault(patient(i), set()).add(k)
+      self.assertEqual({len(v) for v in by_patient.values()}, {1})  # A patient is in one fold.
+      for k in (0, 1):
+        for path in glob.glob(f"{tmp}/w/localize/le_maps/{split}/shard_f{k}_*.npz"):
+          with np.load(path) as shard:
+            self.assertEqual({folds[str(i)] for i in shard["ids"]}, {k})
+      self.assertEqual(set(le_maps.read_difference_maps(f"{tmp}/w/localize", split)), set(folds))
+    for k in (0, 1):
+      stage1 = checkpointing.read_stored_config(f"{tmp}/w/stage1/fold{k}", "inpainting", "stage 1")
+      self.assertEqual((stage1.data.folds, stage1.data.holdout_fold), (2, k))
+    with open(f"{tmp}/w/report/normal_le.csv") as f:
+      rows = list(csv.DictReader(f))
+    self.assertEqual([r["split"] for r in rows], ["train", "selection", "valid"])
+    self.assertEqual({r["maps"] for r in rows}, {"cross-fitted (2 folds)"})
 
 
 if __name__ == "__main__":
