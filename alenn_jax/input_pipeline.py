@@ -274,12 +274,15 @@ SELECTION = "selection"
 
 def carves_selection(config: ml_collections.ConfigDict, built_splits) -> bool:
   """Whether `selection` is carved from `config.train_split`: the dataset has that split but no
-  `validation` (nor `selection`) split of its own, and `paper_selection` is off."""
+  `validation` (nor `selection`) split of its own, `config.eval_split` names none of its other
+  splits (say a folder's `val`), and `paper_selection` is off."""
   built_splits = set(built_splits)
+  own = built_splits - {config.train_split, "test", "valid"}
   return (
     not config.get("paper_selection", False)
     and config.train_split in built_splits
     and not built_splits & {"validation", SELECTION}
+    and config.eval_split not in own
   )
 
 

@@ -269,3 +269,7 @@ class SelectionSplitTest(absltest.TestCase):
       input_pipeline.carves_selection(self.config(), ["train", "validation", "test"])
     )
     self.assertTrue(input_pipeline.carves_selection(self.config(), ["train", "valid"]))
+    # A split of its own named as the selection split: nothing carved.
+    val = self.config(eval_split="val")
+    self.assertFalse(input_pipeline.carves_selection(val, ["train", "val", "test"]))
+    self.assertTrue(input_pipeline.carves_selection(self.config(), ["train", "val", "test"]))

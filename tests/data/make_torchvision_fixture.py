@@ -31,7 +31,7 @@ def build(name: str, kwargs: dict) -> torch.nn.Module:
     return torchvision.models.DenseNet(num_classes=1, **kwargs)
   if name == "inception_v3":
     return torchvision.models.inception_v3(
-      weights=None, num_classes=1, aux_logits=True, init_weights=False, transform_input=True
+      weights=None, num_classes=1, init_weights=False, transform_input=True, **kwargs
     )
   return torchvision.models.vgg19(weights=None, num_classes=1)
 
