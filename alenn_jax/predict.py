@@ -7,8 +7,9 @@ W is a pipeline workdir (`configs/pipeline.py`), a localize workdir (maps only) 
 workdir (with the localize workdir its LE maps came from, when it fuses them). Everything is loaded
 from the configs stored there: the stage 1 generator, the localize job's map method, window and LE
 scale, and each classifier's best checkpoint. Cross-fitted maps (`localize.folds` > 1) came from K
-generators; a new image was seen by none of them, and fold 0's maps it. X is a folder (searched recursively for PNG, JPEG
-and DICOM), a glob, or a .txt/.csv file listing paths (a `path` column, or the first one).
+generators; a new image was seen by none of them, and fold 0's maps it. X is a folder (searched
+recursively for PNG, JPEG and DICOM), a glob, or a .txt/.csv file listing paths (a `path` column,
+or the first one).
 
 Each image is read as the training data was (grey, its longest side fitted to the dataset's
 `max_side`, letterboxed), repainted window by window as the localize job did, and classified
