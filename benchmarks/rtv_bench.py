@@ -1,6 +1,6 @@
 """RTV: batched JAX conjugate gradient vs a float64 sparse direct solve of the reference algorithm.
 
-  python -m benchmarks.rtv_bench [--repeats 3]
+  python -m benchmarks.rtv_bench [--repeats 3] [--cases 1x512 8x256]
 
 Both run in this process on the same images: real radiographs from ../shared/data/fracatlas when
 present (phantoms otherwise), one 512x512 image and a batch of 8 at 256x256, with the reference
@@ -43,6 +43,9 @@ def load_images(n: int, size: int) -> tuple[np.ndarray, str]:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument(
+    "--cases", nargs="+", default=["1x512", "8x256"], help="images x side, e.g. 2x64 (quick)"
+  )
   args = parser.parse_args()
   print(f"machine: {machine_description()}\n")
   print(
@@ -50,7 +53,8 @@ def main():
     "| speed-up per image | CG iters per outer iter | max-abs diff |"
   )
   print("|---|---|---|---|---|---|---|---|")
-  for case, (n, size) in (("1 x 512^2", (1, 512)), ("8 x 256^2", (8, 256))):
+  cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.cases]
+  for case, (n, size) in ((f"{n} x {size}^2", (n, size)) for n, size in cases):
     images, source = load_images(n, size)
     for pname, params in PARAMS.items():
       t0 = time.perf_counter()

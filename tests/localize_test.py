@@ -192,6 +192,11 @@ class ScoresTest(absltest.TestCase):
     self.assertEqual(row["normal_le_p99"], 0.0)
 
 
+def read_csv_rows(path: str) -> list[dict]:
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
 class LocalizeJobTest(helpers.PhantomsTestCase):
   @classmethod
   def setUpClass(cls):
@@ -216,7 +221,8 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     self.assertEqual(stored.data.name, "phantoms/px64")
     self.assertEqual(stored.data.data_dir, self.data_dir)
     self.assertEqual((stored.data.image_size, stored.window, stored.stride), (32, 8, 4))
-    self.assertEqual(stored.report.split, "validation")
+    # Scored on the scored split, thresholds chosen on the selection split.
+    self.assertEqual((stored.report.split, stored.data.eval_split), ("test", "validation"))
     maps = le_maps.read_le_maps(self.workdir, "validation")
     self.assertLen(maps, 16)
     for le in maps.values():
@@ -235,6 +241,10 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
 
     shard = os.path.join(self.workdir, "le_maps", "train", "shard_00000.npz")
     before = os.path.getmtime(shard)
+    self.assertEqual(
+      [r["split"] for r in read_csv_rows(os.path.join(report_dir, "normal_le.csv"))],
+      ["train", "test", "validation"],
+    )
     os.remove(os.path.join(self.workdir, "le_maps", "train", "shard_00001.npz"))
     localize.run(self.config(), self.workdir)  # Resumes: only the missing shard is computed.
     self.assertEqual(os.path.getmtime(shard), before)
