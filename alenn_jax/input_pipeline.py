@@ -361,12 +361,24 @@ def _split_rows(builder, config, split: str) -> tuple[str, np.ndarray | None]:
   return split, rows
 
 
+_GROUPS: dict = {}  # (dataset folder, split) -> the selection group of every example.
+
+
+def _groups(builder, split: str) -> list[str]:
+  """`selection_group` of every example of the dataset's own split `split` (read once)."""
+  key = (builder.data_dir, split)
+  if key not in _GROUPS:
+    raw = builder.as_data_source(split, decoders=_skip_images())
+    _GROUPS[key] = [selection_group(raw[i]) for i in range(len(raw))]
+  return _GROUPS[key]
+
+
 def _folds(builder, config, split: str, rows=None) -> np.ndarray:
   """The fold (`fold_of`, `config.folds`) of every example of the dataset's split `split` (of its
   `rows`, when given)."""
-  raw = builder.as_data_source(split, decoders=_skip_images())
-  rows = range(len(raw)) if rows is None else rows
-  return np.asarray([fold_of(selection_group(raw[int(i)]), config.folds) for i in rows], np.int64)
+  groups = _groups(builder, split)
+  rows = range(len(groups)) if rows is None else rows
+  return np.asarray([fold_of(groups[int(i)], config.folds) for i in rows], np.int64)
 
 
 def split_folds(config: ml_collections.ConfigDict, split: str) -> dict[str, int]:
