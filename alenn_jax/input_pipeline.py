@@ -21,7 +21,6 @@ Evaluation iterators visit every example exactly once.
 """
 
 import dataclasses
-import hashlib
 import math
 import os
 from typing import Any
@@ -308,8 +307,7 @@ def selection_group(example) -> str:
 
 def in_selection(group: str, fraction: float) -> bool:
   """A deterministic draw per group (a hash, the same on every machine and run)."""
-  digest = hashlib.sha256(f"selection:{group}".encode()).digest()
-  return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+  return datasets.common.hash64(f"selection:{group}") / 2.0**64 < fraction
 
 
 _CARVED: dict = {}  # (dataset folder, train split, fraction) -> (selection rows, train rows).
@@ -342,8 +340,7 @@ def _carved_rows(builder, config) -> tuple[np.ndarray, np.ndarray]:
 
 def fold_of(group: str, folds: int) -> int:
   """The cross-fitting fold of a patient (or image): a hash, the same on every machine and run."""
-  digest = hashlib.sha256(f"fold:{group}".encode()).digest()
-  return int.from_bytes(digest[:8], "big") % folds
+  return datasets.common.hash64(f"fold:{group}") % folds
 
 
 def _split_rows(builder, config, split: str) -> tuple[str, np.ndarray | None]:
@@ -381,10 +378,18 @@ def _folds(builder, config, split: str, rows=None) -> np.ndarray:
   return np.asarray([fold_of(groups[int(i)], config.folds) for i in rows], np.int64)
 
 
+def _view_folds(builder, config, split: str) -> np.ndarray:
+  """The fold of every example of `split` as the job sees it (a carved split's rows included)."""
+  base, rows = _split_rows(builder, config, split)
+  return _folds(builder, config, base, rows)
+
+
 def split_folds(config: ml_collections.ConfigDict, split: str) -> dict[str, int]:
   """id -> cross-fitting fold of every example of `split` (`config.folds` folds)."""
-  raw = _undecoded_split(_prepared_builder(config, split), config, split)
-  return {_id_of(raw[i]): fold_of(selection_group(raw[i]), config.folds) for i in range(len(raw))}
+  builder = _prepared_builder(config, split)
+  raw = _undecoded_split(builder, config, split)
+  folds = _view_folds(builder, config, split)
+  return {_id_of(raw[i]): int(folds[i]) for i in range(len(raw))}
 
 
 def _source(builder, config, split: str, decoders=None):
@@ -558,11 +563,7 @@ def eval_iterator(
   source, all_labels = _open_split(config, split)
   indices = _select(all_labels, config.labels if labels is None else labels, config.name, split)
   if fold is not None:
-    raw = _undecoded_split(_prepared_builder(config, split), config, split)
-    indices = np.asarray(
-      [i for i in indices if fold_of(selection_group(raw[int(i)]), config.folds) == fold],
-      np.int64,
-    )
+    indices = indices[_view_folds(_prepared_builder(config, split), config, split)[indices] == fold]
     if not len(indices):
       return GlobalBatches(iter(()), mesh, 0)
   num_batches = math.ceil(len(indices) / config.batch_size)

@@ -79,8 +79,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )
   config.test_split = test_split
   input_pipeline.resolve_eval_split(data, scored=test_split)
-  if config.stage1.eval.split not in splits:  # Table 1: held-out images.
-    config.stage1.eval.split = data.eval_split
 
   def share(target, image_size=True):
     for field in SHARED_DATA_FIELDS:

@@ -510,19 +510,23 @@ def score_checkpoint(config, workdir, mesh, which, split, predict_step=None) -> 
   return scores
 
 
+def _resolve_scored_split(config: ml_collections.ConfigDict) -> str:
+  """`eval.split` if the dataset has it, else the scored split (test, else valid); set and
+  returned."""
+  if config.eval.split not in input_pipeline.split_names(config.data):
+    config.eval.split = input_pipeline.scored_split(config.data)
+  return config.eval.split
+
+
 def resolve_splits(config: ml_collections.ConfigDict) -> None:
   """Fills in the splits the dataset has: `data.eval_split` (selection, never the scored split
   unless `data.paper_selection`) and `eval.split` (scored: test, else valid)."""
-  scored = config.eval.split
-  if scored not in input_pipeline.split_names(config.data):
-    scored = config.eval.split = input_pipeline.scored_split(config.data)
-  input_pipeline.resolve_eval_split(config.data, scored=scored)
+  input_pipeline.resolve_eval_split(config.data, scored=_resolve_scored_split(config))
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`--mode=eval`: scores checkpoint `config.eval.checkpoint_step` (-1: the best) on
   `config.eval.split`."""
-  if config.eval.split not in input_pipeline.split_names(config.data):
-    config.eval.split = input_pipeline.scored_split(config.data)
+  _resolve_scored_split(config)
   which = config.eval.checkpoint_step if config.eval.checkpoint_step >= 0 else "best"
   return score_checkpoint(config, workdir, sharding.make_mesh(), which, config.eval.split)

@@ -153,10 +153,15 @@ def encode_grey(array: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(array[:, :, None], dtype=np.uint8)
 
 
+def hash64(text: str) -> int:
+  """The first 8 bytes of the SHA-256 of `text` as an integer: a draw that is the same on every
+  machine and run."""
+  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
 def hash_split(example_id: str, fractions=(("train", 0.70), ("validation", 0.15), ("test", 0.15))):
   """A split chosen by hashing the id: stable across machines, runs and dataset subsets."""
-  digest = hashlib.sha256(example_id.encode("utf-8")).digest()
-  u = int.from_bytes(digest[:8], "big") / 2.0**64
+  u = hash64(example_id) / 2.0**64
   total = 0.0
   for name, fraction in fractions:
     total += fraction
