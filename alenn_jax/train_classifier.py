@@ -32,7 +32,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview
 
 from alenn_jax import (
   checkpointing,
@@ -46,6 +46,7 @@ from alenn_jax import (
   progress,
   report,
   sharding,
+  writers,
 )
 from alenn_jax.checkpointing import DATA, METRICS, MODEL, STATE
 from alenn_jax.errors import UserInputError
@@ -388,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpointing.check_config(config, workdir, SHAPE_FIELDS)
   mesh = sharding.make_mesh()
   static = ClassifierSetup.from_config(config, class_weights(config))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = writers.create(workdir, just_logging=jax.process_index() > 0)
   replicated = sharding.replicated(mesh)
   le_train = load_le_maps(config, workdir, config.data.train_split)
   le_val = load_le_maps(config, workdir, config.data.eval_split)
@@ -416,7 +417,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   predict_step = make_predict_step(static, mesh)
   total = config.num_train_steps
   stop = total if config.stop_at_step < 0 else min(config.stop_at_step, total)
-  report_progress = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+  report_progress = writers.report_progress(total, writer)
   progress_line = progress.Progress(
     f"classifier {config.backbone}/{config.fusion}", total, config.data.batch_size
   )
@@ -432,7 +433,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       state, step_metrics = step_fn(state, numeric, jax.random.fold_in(state.rng, step))
       step_metrics = jax.device_get(step_metrics)
       checkpointing.check_finite(step_metrics, step, latest)
-      report_progress(step + 1)
+      if report_progress is not None:
+        report_progress(step + 1)
       progress_line.update(step + 1)
       if (step + 1) % config.log_every == 0 or step + 1 == stop:
         writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview
 
 from alenn_jax import (
   checkpointing,
@@ -42,6 +42,7 @@ from alenn_jax import (
   progress,
   rtv,
   sharding,
+  writers,
 )
 from alenn_jax import masks as masks_lib
 from alenn_jax.checkpointing import DATA, GENERATOR, STATE
@@ -357,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   mesh = sharding.make_mesh()
   static = GanSetup.from_config(config)
   total_steps = config.phase1_steps + config.phase2_steps
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = writers.create(workdir, just_logging=jax.process_index() > 0)
   replicated = sharding.replicated(mesh)
 
   state = create_train_state(
@@ -386,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       out_shardings=(replicated, replicated),
       donate_argnums=(0,),
     )
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  report = writers.report_progress(total_steps, writer)
   progress_line = progress.Progress("stage 1", total_steps, config.data.batch_size)
   image_grid = make_image_grid(static, mesh, config.grid_examples)
   grid_images = None
@@ -401,7 +402,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       state, step_metrics = steps[phase](state, numeric, jax.random.fold_in(state.rng, step))
       step_metrics = jax.device_get(step_metrics)
       checkpointing.check_finite(step_metrics, step, manager)
-      report(step + 1)
+      if report is not None:
+        report(step + 1)
       progress_line.update(step + 1)
       if (step + 1) % config.log_every == 0 or step + 1 == stop:
         writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
@@ -451,5 +453,5 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   static = GanSetup.from_config(config)
   step = config.eval.checkpoint_step if config.eval.checkpoint_step >= 0 else None
   generator = checkpointing.load_generator(workdir, step, mesh)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = writers.create(workdir, just_logging=jax.process_index() > 0)
   return run_evaluation(config, static, generator.params, mesh, workdir, writer, generator.step)

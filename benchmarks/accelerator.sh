@@ -8,7 +8,10 @@
 # 256-px image with the `full` generator (per_window and the fast methods), each `full` classifier
 # train step (224 px, Inception-v3 299 px), RTV on 8 x 256^2 images against the float64 direct
 # solve, and the `small` pipeline end to end on the phantoms. Each part prints its own Markdown
-# table (see BENCHMARKS.md); the last line is the pipeline's wall time.
+# table (see BENCHMARKS.md); the last line is the pipeline's wall time. A part that fails is named
+# at the end (exit status 1) and the others still run. PYTHON names the interpreter
+# (default .venv/bin/python), FRACATLAS the FracAtlas folder for RTV where ../shared is not beside
+# the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -43,18 +46,32 @@ else
   RTV=(--cases 8x256 --repeats 3)
   PIPELINE=(--config=configs/pipeline.py)
 fi
+if [[ -n "${FRACATLAS:-}" ]]; then  # Where ../shared/data/fracatlas is not beside the repository.
+  RTV+=(--fracatlas "$FRACATLAS")
+fi
 
-section "Stage 1 train step"
-"$PY" -m benchmarks.stage1_bench "${STAGE1[@]}"
-section "LE map per image"
-"$PY" -m benchmarks.localize_bench "${LOCALIZE[@]}"
-section "Classifier train step"
-"$PY" -m benchmarks.classifier_bench "${CLASSIFIER[@]}"
-section "RTV"
-"$PY" -m benchmarks.rtv_bench "${RTV[@]}"
-section "Pipeline end to end"
-start=$(date +%s)
-"$PY" launch.py "${PIPELINE[@]}" --workdir="$WORK/pipeline" \
-  --config.data.data_dir="$WORK/data" >"$WORK/pipeline.log" 2>&1 \
-  || { tail -20 "$WORK/pipeline.log"; exit 1; }
-echo "pipeline (${PIPELINE[0]#--config=}): $(( $(date +%s) - start )) s wall, data built first"
+FAILED=()
+# Runs one part; a part that fails is named at the end and the others still run.
+part() {
+  local name=$1
+  shift
+  section "$name"
+  "$@" || { echo "(failed: exit $?)"; FAILED+=("$name"); }
+}
+pipeline() {
+  local start=$SECONDS
+  "$PY" launch.py "${PIPELINE[@]}" --workdir="$WORK/pipeline" \
+    --config.data.data_dir="$WORK/data" >"$WORK/pipeline.log" 2>&1 \
+    || { tail -20 "$WORK/pipeline.log"; return 1; }
+  echo "pipeline (${PIPELINE[0]#--config=}): $((SECONDS - start)) s wall, data built first"
+}
+
+part "Stage 1 train step" "$PY" -m benchmarks.stage1_bench "${STAGE1[@]}"
+part "LE map per image" "$PY" -m benchmarks.localize_bench "${LOCALIZE[@]}"
+part "Classifier train step" "$PY" -m benchmarks.classifier_bench "${CLASSIFIER[@]}"
+part "RTV" "$PY" -m benchmarks.rtv_bench "${RTV[@]}"
+part "Pipeline end to end" pipeline
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+  printf '\nfailed parts: %s\n' "${FAILED[*]}"
+  exit 1
+fi

@@ -2,9 +2,10 @@
 
   python -m benchmarks.rtv_bench [--repeats 3] [--cases 1x512 8x256]
 
-Both run in this process on the same images: real radiographs from ../shared/data/fracatlas when
-present (phantoms otherwise), one 512x512 image and a batch of 8 at 256x256, with the reference
-code's default parameters and StructureFlow's, at the default CG tolerance and a tight one.
+Both run in this process on the same images: real radiographs from ../shared/data/fracatlas (or
+--fracatlas) when present (phantoms otherwise), one 512x512 image and a batch of 8 at 256x256,
+with the reference code's default parameters and StructureFlow's, at the default CG tolerance
+and a tight one.
 Prints a Markdown table: seconds, CG iterations per outer iteration (max over the batch), max-abs
 difference from the reference, and the per-image speed ratio.
 """
@@ -32,8 +33,8 @@ PARAMS = {
 TOLS = {"default": rtv.DEFAULT_TOL, "tight": 1e-6}
 
 
-def load_images(n: int, size: int) -> tuple[np.ndarray, str]:
-  files = sorted(glob.glob(os.path.join(FRACATLAS, "images", "*", "*.jpg")))[:n]
+def load_images(n: int, size: int, fracatlas: str = FRACATLAS) -> tuple[np.ndarray, str]:
+  files = sorted(glob.glob(os.path.join(fracatlas, "images", "*", "*.jpg")))[:n]
   if len(files) == n:
     return np.stack([image_io.load_grey_image(f, size) for f in files]), "FracAtlas"
   images = [render.render_phantom(i, size, None)[0] / 255.0 for i in range(n)]
@@ -46,6 +47,11 @@ def main():
   parser.add_argument(
     "--cases", nargs="+", default=["1x512", "8x256"], help="images x side, e.g. 2x64 (quick)"
   )
+  parser.add_argument(
+    "--fracatlas",
+    default=FRACATLAS,
+    help="FracAtlas folder (images/<class>/*.jpg); phantoms if absent",
+  )
   args = parser.parse_args()
   print(f"machine: {machine_description()}\n")
   print(
@@ -55,7 +61,7 @@ def main():
   print("|---|---|---|---|---|---|---|---|")
   cases = [tuple(int(v) for v in c.lower().split("x")) for c in args.cases]
   for case, (n, size) in ((f"{n} x {size}^2", (n, size)) for n, size in cases):
-    images, source = load_images(n, size)
+    images, source = load_images(n, size, args.fracatlas)
     for pname, params in PARAMS.items():
       t0 = time.perf_counter()
       expected = np.stack(

@@ -12,6 +12,7 @@ grain, with or without TensorFlow. Every example has:
 import collections
 import dataclasses
 import hashlib
+import io
 import os
 
 import numpy as np
@@ -148,9 +149,13 @@ def read_image(path: str, skips: SkipCounter, strict: bool) -> Image.Image | Non
   return image
 
 
-def encode_grey(array: np.ndarray) -> np.ndarray:
-  """[H, W] uint8 -> [H, W, 1] uint8 as the Image features store it."""
-  return np.ascontiguousarray(array[:, :, None], dtype=np.uint8)
+def encode_grey(array: np.ndarray) -> bytes:
+  """[H, W] uint8 -> the PNG bytes an Image feature stores. Encoded here with Pillow (lossless, so
+  the stored pixels are the array's) rather than by TFDS, whose numpy-array encoder needs
+  TensorFlow: datasets build on hosts without it."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(buffer, "PNG")  # Mode L.
+  return buffer.getvalue()
 
 
 def hash64(text: str) -> int:
