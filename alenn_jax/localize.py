@@ -42,6 +42,7 @@ MAP_FIELDS = (
   "stride",
   "gap",
   "context",
+  "pad",
   "data.name",
   "data.image_size",
 )
@@ -85,6 +86,7 @@ def difference_map(
   method: str = "per_window",
   gap: int = 0,
   context: int = 0,
+  pad: int = 0,
 ):
   """D of a batch: `[B, H, W, 1]` images in [-1, 1] -> `[B, H, W, 1]` mean |I - I_k| (in [0, 1]).
 
@@ -100,6 +102,14 @@ def difference_map(
                   image), for a generator trained on crops of that size (InTra, Pirnay & Chai
                   2021); `context` >= the image side is the whole image, i.e. `per_window`.
 
+  With `pad` > 0 the images (and structure) are first extended by `pad` reflected pixels on every
+  side, the windows are laid out over that larger canvas and D is cropped back to the images. With
+  `pad` = stride every pixel is covered by as many windows as an inner one (without it a corner
+  pixel has one window where an inner pixel has (window / stride)**2, so its mean is the noisiest),
+  and a window at the image's border is repainted with context on all sides instead of against
+  the generator's own padding. On the demo's phantoms the maxima of D that missed the lesion lay
+  on the image border in 30 of 41 cases without it (BENCHMARKS.md).
+
   Args:
     params: whatever `inpaint_fn` needs (stage 1: {"gen_s": ..., "gen_t": ...}).
     images: `[B, H, W, 1]` in [-1, 1].
@@ -108,9 +118,26 @@ def difference_map(
     window, stride: sliding-window side and step, pixels.
     chunk: passes run together (times the batch size: the generator's batch).
     method, gap, context: see above.
+    pad: reflected border (px) added before the windows are laid out; 0: none (the paper).
   """
   if method not in METHODS:
     raise ValueError(f"method={method!r}; use one of {', '.join(METHODS)}.")
+  if pad:
+    _, h, w, _ = images.shape
+    widths = ((0, 0), (pad, pad), (pad, pad), (0, 0))
+    d = difference_map(
+      params,
+      jnp.pad(images, widths, mode="reflect"),
+      jnp.pad(structure, widths, mode="reflect"),
+      inpaint_fn=inpaint_fn,
+      window=window,
+      stride=stride,
+      chunk=chunk,
+      method=method,
+      gap=gap,
+      context=context,
+    )
+    return d[:, pad : pad + h, pad : pad + w]
   _, h, w, _ = images.shape
   positions = masks_lib.window_positions(h, w, window, stride)
   holes = masks_lib.window_masks(h, w, window, stride)  # [K, H, W, 1]: one window per pass.
@@ -205,6 +232,15 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
   if config.method != "context":
     config.context = 0
   factor = 2 ** int(stage1.model.depth)
+  if config.pad < 0:  # The stride, rounded up so the padded canvas still fits the generator.
+    half = max(1, factor // 2)
+    config.pad = -(-config.stride // half) * half
+  if config.pad and (config.pad >= config.data.image_size or (2 * config.pad) % factor):
+    raise UserInputError(
+      f"config.pad={config.pad}: the reflected border must be smaller than the image "
+      f"({config.data.image_size} px) and a multiple of {max(1, factor // 2)} (so the padded "
+      f"image stays a multiple of 2**model.depth = {factor}); use -1 (the stride) or 0 (none)."
+    )
   if config.method == "context" and (config.context < config.window + 2 or config.context % factor):
     raise UserInputError(
       f"config.context={config.context}: the crop a window is repainted from must be at least "
@@ -241,6 +277,7 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
       method=config.method,
       gap=config.gap,
       context=config.context,
+      pad=config.pad,
     )
 
   return jax.jit(step)

@@ -38,6 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.method = "per_window"  # per_window (the paper) | multi_window | context: see localize.
   config.gap = 0  # multi_window: least distance (px) between windows repainted together; 0: window.
   config.context = 0  # context: side (px) of the crop a window is repainted from.
+  # Reflected border (px) added to each image before the windows are laid out, D cropped back:
+  # border pixels get as many windows as inner ones, border windows context on all sides.
+  # -1: the stride (rounded up to a multiple of 2**(model.depth - 1)); 0: none (the paper).
+  config.pad = -1
   config.chunk = 16  # Inpainting passes run together; bounds memory.
   config.batches_per_shard = 8  # Resumption granularity.
   config.force_restart = False  # Recompute (old le_maps moved aside) if window/data changed.

@@ -129,6 +129,28 @@ class DifferenceMapTest(parameterized.TestCase):
     np.testing.assert_allclose(got, total / count, atol=1e-5)
     self.assertGreater(got.min(), 0.0)  # Every pixel, the last row and column too, was repainted.
 
+  def test_padding_lays_the_windows_over_the_reflected_canvas_and_crops_back(self):
+    pad, window, stride = 4, 8, 4
+    widths = ((0, 0), (pad, pad), (pad, pad), (0, 0))
+    canvas = jnp.pad(self.images, widths, mode="reflect")
+    expected = loop_difference_map(
+      self.params,
+      canvas,
+      jnp.pad(self.structure, widths, mode="reflect"),
+      self.inpaint_fn,
+      window,
+      stride,
+    )[:, pad:-pad, pad:-pad]
+    got = self.run_method(
+      self.images, self.structure, window=window, stride=stride, chunk=4, pad=pad
+    )
+    self.assertEqual(got.shape, self.images.shape)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # With pad = stride every image pixel, corners included, lies in (window / stride)**2 windows.
+    holes = masks_lib.window_masks(16 + 2 * pad, 16 + 2 * pad, window, stride)
+    np.testing.assert_array_equal((1 - holes).sum(axis=0)[pad:-pad, pad:-pad], 4)
+    self.assertEqual((1 - masks_lib.window_masks(16, 16, window, stride)).sum(axis=0).min(), 1)
+
   def test_identity_inpainting_gives_zero(self):
     identity = lambda p, images, s, m: images
     np.testing.assert_array_equal(self.run_map(chunk=4, inpaint_fn=identity), 0.0)
@@ -284,6 +306,18 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
       le_maps.read_le_maps(os.path.join(self.tmp, "nothing"), "train")
     with self.assertRaisesRegex(UserInputError, "nothing holds no stage 1 run"):
       localize.run(self.config(), os.path.join(self.tmp, "nothing"))
+
+  def test_pad_defaults_to_the_stride_and_a_pad_the_generator_cannot_take_is_refused(self):
+    stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
+    config = self.config()
+    config.window, config.stride = 8, 4
+    self.assertEqual(localize.resolve(config, stage1_config).pad, 4)
+    config.pad = 0
+    self.assertEqual(localize.resolve(config, stage1_config).pad, 0)
+    factor = 2**stage1_config.model.depth
+    config.pad = factor // 2 + 1
+    with self.assertRaisesRegex(UserInputError, f"config.pad={factor // 2 + 1}: the reflected"):
+      localize.resolve(config, stage1_config)
 
   def test_stride_larger_than_the_window_is_refused(self):
     config = self.config()
