@@ -539,7 +539,13 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
     f"- LE maps: {localize.method}"
     + (f" (gap {localize.gap} px)" if localize.method == "multi_window" else "")
     + (f" (crop {localize.context} px)" if localize.method == "context" else "")
-    + f", window {localize.window} px, stride {localize.stride} px; scale = "
+    + f", window {localize.window} px, stride {localize.stride} px"
+    + (
+      f" over a {localize.pad}-px reflected border"
+      if localize.get("pad", 0)
+      else ", no padded border"
+    )
+    + "; scale = "
     f"the {localize.percentile:g}th percentile of D over the training normals"
     + (
       f"; cross-fitted: {localize.get('folds', 1)} stage 1 generators, each trained without one "
