@@ -232,13 +232,13 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
   if config.method != "context":
     config.context = 0
   factor = 2 ** int(stage1.model.depth)
-  if config.pad < 0:  # The stride, rounded up so the padded canvas still fits the generator.
-    half = max(1, factor // 2)
+  half = max(1, factor // 2)  # A pad must be a multiple of this for the canvas to fit the model.
+  if config.pad < 0:  # The stride, rounded up to such a multiple.
     config.pad = -(-config.stride // half) * half
-  if config.pad and (config.pad >= config.data.image_size or (2 * config.pad) % factor):
+  if config.pad and (config.pad >= config.data.image_size or config.pad % half):
     raise UserInputError(
       f"config.pad={config.pad}: the reflected border must be smaller than the image "
-      f"({config.data.image_size} px) and a multiple of {max(1, factor // 2)} (so the padded "
+      f"({config.data.image_size} px) and a multiple of {half} (so the padded "
       f"image stays a multiple of 2**model.depth = {factor}); use -1 (the stride) or 0 (none)."
     )
   if config.method == "context" and (config.context < config.window + 2 or config.context % factor):

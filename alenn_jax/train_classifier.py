@@ -433,8 +433,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       state, step_metrics = step_fn(state, numeric, jax.random.fold_in(state.rng, step))
       step_metrics = jax.device_get(step_metrics)
       checkpointing.check_finite(step_metrics, step, latest)
-      if report_progress is not None:
-        report_progress(step + 1)
+      report_progress(step + 1)
       progress_line.update(step + 1)
       if (step + 1) % config.log_every == 0 or step + 1 == stop:
         writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})

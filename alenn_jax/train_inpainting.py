@@ -402,8 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       state, step_metrics = steps[phase](state, numeric, jax.random.fold_in(state.rng, step))
       step_metrics = jax.device_get(step_metrics)
       checkpointing.check_finite(step_metrics, step, manager)
-      if report is not None:
-        report(step + 1)
+      report(step + 1)
       progress_line.update(step + 1)
       if (step + 1) % config.log_every == 0 or step + 1 == stop:
         writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})

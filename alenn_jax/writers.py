@@ -72,9 +72,14 @@ def create(workdir: str, just_logging: bool):
   return JsonLinesWriter(workdir, just_logging)
 
 
+def _no_report(step: int) -> None:
+  """Where TensorFlow is missing: nothing to add, `progress.Progress` already logs the rate."""
+
+
 def report_progress(num_train_steps: int, writer):
-  """clu's `ReportProgress` (steps/s to the writer, once a minute), or None where TensorFlow is
-  missing: the trainers' own progress line (`progress.Progress`) logs the rate either way."""
+  """`report(step)`: clu's `ReportProgress` (steps/s to the writer, once a minute), or one that does
+  nothing where TensorFlow is missing (the trainers' `progress.Progress` logs the rate either
+  way)."""
   if periodic_actions is None:
-    return None
+    return _no_report
   return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)

@@ -49,7 +49,7 @@ class FallbackTest(absltest.TestCase):
       "from alenn_jax import writers\n"
       "w = writers.create(sys.argv[1], just_logging=False)\n"
       "assert isinstance(w, writers.JsonLinesWriter), type(w)\n"
-      "assert writers.report_progress(10, w) is None\n"
+      "assert writers.report_progress(10, w)(5) is None\n"  # Does nothing, writes nothing.
       "w.write_scalars(2, {'x': 0.5}); w.close()\n"
     )
     with tempfile.TemporaryDirectory() as workdir:
