@@ -544,6 +544,22 @@ def train_iterator(
   return GlobalBatches(iter(dataset.to_iter_dataset(read)), mesh)
 
 
+def selected_indices(
+  config: ml_collections.ConfigDict, split: str, labels=None, fold: int | None = None
+) -> np.ndarray:
+  """The dataset indices `eval_iterator` visits, in its order: every example of `split` with a
+  label in `labels` (default `config.labels`), of cross-fitting `fold` only when given."""
+  _, all_labels = _open_split(config, split)
+  return _selected(config, split, all_labels, labels, fold)
+
+
+def _selected(config, split: str, all_labels, labels, fold) -> np.ndarray:
+  indices = _select(all_labels, config.labels if labels is None else labels, config.name, split)
+  if fold is not None:
+    indices = indices[_view_folds(_prepared_builder(config, split), config, split)[indices] == fold]
+  return indices
+
+
 def eval_iterator(
   config: ml_collections.ConfigDict,
   mesh,
@@ -559,32 +575,68 @@ def eval_iterator(
   Every process gets the same number of batches, so collective evaluation steps never deadlock.
   """
   split = split or config.eval_split
-  local_batch = _local_batch_size(config, mesh)
   source, all_labels = _open_split(config, split)
-  indices = _select(all_labels, config.labels if labels is None else labels, config.name, split)
-  if fold is not None:
-    indices = indices[_view_folds(_prepared_builder(config, split), config, split)[indices] == fold]
-    if not len(indices):
-      return GlobalBatches(iter(()), mesh, 0)
+  indices = _selected(config, split, all_labels, labels, fold)
+  if not len(indices):
+    return GlobalBatches(iter(()), mesh, 0)
+  local_batch = _local_batch_size(config, mesh)
   num_batches = math.ceil(len(indices) / config.batch_size)
   padded = np.full(num_batches * config.batch_size, -1, np.int64)
   padded[: len(indices)] = indices
   # This process's contiguous block of every global batch.
   local = padded.reshape(num_batches, jax.process_count(), local_batch)[:, jax.process_index()]
-  local = local.ravel()
-  preprocess = _Preprocess(config.image_size, None, le_maps)
-  filler = preprocess(source[int(indices[0])])
-  filler = {**filler, "weight": np.float32(0.0), "id": ""}
-
-  def prepare(example):
-    return filler if example is _PADDING else preprocess(example)
-
-  dataset = grain.MapDataset.source(_Subset(source, local)).map(prepare)
-  dataset = dataset.batch(local_batch, drop_remainder=False, batch_fn=_stack)
-  read = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=2 * local_batch)
+  iterator = _ordered_batches(config, source, indices[0], local.ravel(), local_batch, le_maps)
   global_ids = None
   if jax.process_count() > 1:  # Every process gets the ids of the whole global batch.
     raw = _undecoded_split(_prepared_builder(config, split), config, split)
     names = [_id_of(raw[int(i)]) if i >= 0 else "" for i in padded]
     global_ids = np.asarray(names).reshape(num_batches, config.batch_size)
-  return GlobalBatches(iter(dataset.to_iter_dataset(read)), mesh, num_batches, global_ids)
+  return GlobalBatches(iterator, mesh, num_batches, global_ids)
+
+
+def batches_alone(
+  config: ml_collections.ConfigDict, mesh, split: str, indices, le_maps=None
+) -> GlobalBatches:
+  """The examples of `split` at dataset `indices` (e.g. a part of `selected_indices`), in order,
+  read by this process alone on its own `mesh` (its local devices), in batches of
+  `config.batch_size / jax.process_count()` (the last padded, weight 0): each device sees the
+  batch it would in a collective pass. For jobs whose processes share out whole parts of a split
+  and need no collective (the LE maps)."""
+  processes = jax.process_count()
+  if config.batch_size % processes:
+    raise UserInputError(
+      f"config.data.batch_size={config.batch_size} is not divisible by the {processes} "
+      f"processes; use a multiple of {processes}."
+    )
+  local_batch = config.batch_size // processes
+  devices = mesh.devices.size
+  if local_batch % devices:
+    raise UserInputError(
+      f"config.data.batch_size={config.batch_size}: each of the {processes} process(es) gets "
+      f"{local_batch} images per batch, which its {devices} devices cannot share evenly; use a "
+      f"multiple of {processes * devices}."
+    )
+  indices = np.asarray(indices, np.int64)
+  if not len(indices):
+    return GlobalBatches(iter(()), mesh, 0)
+  source = _source(_prepared_builder(config, split), config, split)
+  num_batches = math.ceil(len(indices) / local_batch)
+  padded = np.full(num_batches * local_batch, -1, np.int64)
+  padded[: len(indices)] = indices
+  iterator = _ordered_batches(config, source, indices[0], padded, local_batch, le_maps)
+  return GlobalBatches(iterator, mesh, num_batches)
+
+
+def _ordered_batches(config, source, first: int, indices, batch: int, le_maps):
+  """Preprocessed batches of `source` at `indices` in order (`-1`: padding of weight 0)."""
+  preprocess = _Preprocess(config.image_size, None, le_maps)
+  filler = preprocess(source[int(first)])
+  filler = {**filler, "weight": np.float32(0.0), "id": ""}
+
+  def prepare(example):
+    return filler if example is _PADDING else preprocess(example)
+
+  dataset = grain.MapDataset.source(_Subset(source, indices)).map(prepare)
+  dataset = dataset.batch(batch, drop_remainder=False, batch_fn=_stack)
+  read = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=2 * batch)
+  return iter(dataset.to_iter_dataset(read))

@@ -20,6 +20,7 @@ writes D for every split to `W/le_maps/<split>/` (resumable: finished shards are
 
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alenn_jax import checkpointing, image_io, input_pipeline, le_maps, report, rtv, sharding
+from alenn_jax import (
+  checkpointing,
+  image_io,
+  input_pipeline,
+  le_maps,
+  multihost,
+  report,
+  rtv,
+  sharding,
+)
 from alenn_jax import masks as masks_lib
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting
@@ -45,6 +55,11 @@ MAP_FIELDS = (
   "pad",
   "data.name",
   "data.image_size",
+  "data.selection_fraction",  # Which training images are carved into `selection`.
+  # Shard k holds the images [k, k + 1) * batches_per_shard * batch_size of a split: finished
+  # shards are skipped on resumption only while the layout stays the same.
+  "data.batch_size",
+  "batches_per_shard",
 )
 # Fields of the stage 1 run's config.data that the maps inherit when config.data.name is "".
 INHERITED_DATA_FIELDS = (
@@ -283,52 +298,69 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
   return jax.jit(step)
 
 
-def map_split(config, step, params, mesh, workdir: str, split: str, fold=None) -> int:
-  """Computes and stores D for every image of `split` (of its cross-fitting `fold` only, when
-  given) with `make_map_step`'s `step`, skipping finished shards; returns a count."""
-  iterator = input_pipeline.eval_iterator(config.data, mesh, split, labels=(0, 1), fold=fold)
-  per_shard = config.batches_per_shard
-  num_shards = -(-iterator.num_batches // per_shard)
-  done, t0, computed = 0, time.perf_counter(), 0
-  for shard in range(num_shards):
-    path = le_maps.shard_path(workdir, split, shard, fold)
-    batches = [
-      next(iterator) for _ in range(min(per_shard, iterator.num_batches - shard * per_shard))
-    ]
-    n_images = sum(int(np.sum(np.asarray(b["weight"]))) for b in batches)
-    if os.path.exists(path):
-      done += n_images
-      continue
+class _Shard(NamedTuple):
+  """One file of maps: the images `[start, stop)` of `split`'s selected examples (of `fold`'s
+  when cross-fitted)."""
+
+  split: str
+  fold: int | None
+  index: int
+  start: int
+  stop: int
+
+
+def plan_shards(config, splits, folds: int) -> tuple[list[_Shard], dict]:
+  """Every shard of every split (and fold), and the selected dataset indices they index into.
+
+  The layout depends only on the data and `batches_per_shard * data.batch_size`, never on the
+  number of processes, so maps written by a run with any process count are found again."""
+  size = config.batches_per_shard * config.data.batch_size
+  shards, indices = [], {}
+  for split in splits:
+    for fold in [None] if folds <= 1 else range(folds):
+      chosen = input_pipeline.selected_indices(config.data, split, labels=(0, 1), fold=fold)
+      indices[split, fold] = chosen
+      for index, start in enumerate(range(0, len(chosen), size)):
+        shards.append(_Shard(split, fold, index, start, min(start + size, len(chosen))))
+  return shards, indices
+
+
+def map_shards(config, step, params_of, mesh, workdir: str, shards, indices) -> int:
+  """Computes and stores D for each of `shards` with `make_map_step`'s `step` on this process's
+  `mesh` (`params_of(fold)`: the generator parameters that map that fold); returns the images
+  mapped."""
+  t0, computed = time.perf_counter(), 0
+  total = sum(s.stop - s.start for s in shards)
+  for number, shard in enumerate(shards):
     ids, maps = [], []
-    for batch in batches:
-      d = np.asarray(jax.device_get(step(params, batch["image"])))[..., 0]
+    chosen = indices[shard.split, shard.fold][shard.start : shard.stop]
+    iterator = input_pipeline.batches_alone(config.data, mesh, shard.split, chosen)
+    for batch in iterator:
+      d = np.asarray(jax.device_get(step(params_of(shard.fold), batch["image"])))[..., 0]
       boxes = np.asarray(batch["valid_box"])
       for i, weight in enumerate(np.asarray(batch["weight"])):
         if weight > 0:
           top, left, h, w = boxes[i]
           ids.append(str(batch["id"][i]))
           maps.append(d[i, top : top + h, left : left + w])
-    le_maps.write_shard(path, ids, maps)
-    done += n_images
-    computed += n_images
+    le_maps.write_shard(
+      le_maps.shard_path(workdir, shard.split, shard.index, shard.fold), ids, maps
+    )
+    computed += len(ids)
     rate = computed / max(time.perf_counter() - t0, 1e-9)
-    remaining = sum(
-      1
-      for s in range(shard + 1, num_shards)
-      if not os.path.exists(le_maps.shard_path(workdir, split, s, fold))
-    )
-    eta = remaining * per_shard * config.data.batch_size / max(rate, 1e-9)
     logging.info(
-      "le_maps %s%s: shard %d/%d, %d images, %.2f images/s, ETA %.0f s",
-      split,
-      "" if fold is None else f" (fold {fold})",
-      shard + 1,
-      num_shards,
-      done,
+      "le_maps %s%s: shard %d (%d/%d of this process), %d/%d images, %.2f images/s, ETA %.0f s",
+      shard.split,
+      "" if shard.fold is None else f" (fold {shard.fold})",
+      shard.index,
+      number + 1,
+      len(shards),
+      computed,
+      total,
       rate,
-      eta,
+      (total - computed) / max(rate, 1e-9),
     )
-  return done
+  return computed
 
 
 def compute_scale(config, workdir: str, labels_by_id: dict[str, int]) -> float:
@@ -409,10 +441,13 @@ def normal_le_by_split(config, workdir: str, scale: float) -> list[dict]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Maps every split with the stage 1 generator of `config.init_from` (default: `workdir`; with
   `config.folds` > 1, each image with its fold's generator), calibrates the LE scale on the
-  training normals, writes the report."""
-  if jax.process_count() > 1:
-    raise UserInputError("the localize job runs on one host; start it without --multihost.")
-  mesh = sharding.make_mesh()
+  training normals, writes the report.
+
+  On several processes (`--multihost`) each maps a contiguous share of the shards still missing,
+  on its own devices and with no collective in between (the maps of one image do not depend on
+  any other); then process 0 computes the scale and writes the report while the others wait."""
+  # Each process maps with its own devices: no collective between processes while mapping.
+  mesh = sharding.make_mesh(jax.local_devices())
   source = config.init_from or workdir
   generators = _load_generators(config, source, mesh)
   generator = generators[0]
@@ -426,19 +461,34 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config.generator.folds = [f"{g.workdir}@{g.step}" for g in generators]
     config.data.folds = config.folds
   checkpointing.check_config(config, workdir, MAP_FIELDS, (le_maps.LE_MAPS,))
+  multihost.barrier("localize: stale maps moved aside")
   step = make_map_step(config, generator)
+  shards, indices = plan_shards(config, input_pipeline.split_names(config.data), config.folds)
+  found = [os.path.exists(le_maps.shard_path(workdir, s.split, s.index, s.fold)) for s in shards]
+  found = multihost.agreed(np.asarray(found, np.int32)).astype(bool)
+  todo = [s for s, done in zip(shards, found, strict=True) if not done]
+  share = np.array_split(np.arange(len(todo)), jax.process_count())[jax.process_index()]
+  logging.info(
+    "le_maps: %d shards, %d done before, %d for this process (%d of %d)",
+    len(shards),
+    int(found.sum()),
+    len(share),
+    jax.process_index() + 1,
+    jax.process_count(),
+  )
+  params = [g.params for g in generators]
+  map_shards(
+    config, step, lambda fold: params[fold or 0], mesh, workdir, [todo[i] for i in share], indices
+  )
+  multihost.barrier("localize: every share of the maps written")
   counts = {}
-  for split in input_pipeline.split_names(config.data):
-    if config.folds == 1:
-      counts[split] = map_split(config, step, generator.params, mesh, workdir, split)
-    else:
-      counts[split] = sum(
-        map_split(config, step, g.params, mesh, workdir, split, fold=k)
-        for k, g in enumerate(generators)
-      )
-  labels = input_pipeline.split_labels(config.data, config.data.train_split)
-  scale = compute_scale(config, workdir, labels)
-  report.localization_report(config, workdir, mesh, scale)
-  gap = normal_le_by_split(config, workdir, scale)
-  image_io.write_csv(os.path.join(workdir, "report", "normal_le.csv"), gap, list(gap[0]))
-  return {"images": counts, "scale": scale}
+  for s in shards:
+    counts[s.split] = counts.get(s.split, 0) + s.stop - s.start
+  if jax.process_index() == 0:
+    labels = input_pipeline.split_labels(config.data, config.data.train_split)
+    scale = compute_scale(config, workdir, labels)
+    report.localization_report(config, workdir, mesh, scale)
+    gap = normal_le_by_split(config, workdir, scale)
+    image_io.write_csv(os.path.join(workdir, "report", "normal_le.csv"), gap, list(gap[0]))
+  multihost.barrier("localize: scale and report written")
+  return {"images": counts, "scale": le_maps.read_scale(workdir)}

@@ -130,9 +130,11 @@ def score_maps(examples, maps_by_method, scale, tolerance: int, thresholds=None)
 
 
 def _collect(config, mesh, split: str) -> list[dict]:
-  """Images, labels and lesion masks of `split`, cropped to each image's own extent."""
+  """Images, labels and lesion masks of `split`, cropped to each image's own extent; read by
+  this process alone (`mesh`: its own devices)."""
   examples = []
-  for batch in input_pipeline.eval_iterator(config.data, mesh, split, labels=(0, 1)):
+  indices = input_pipeline.selected_indices(config.data, split, labels=(0, 1))
+  for batch in input_pipeline.batches_alone(config.data, mesh, split, indices):
     images = np.asarray(jax.device_get(batch["image"]))[..., 0]
     lesions = np.asarray(jax.device_get(batch["lesion_mask"]))[..., 0]
     boxes, labels = np.asarray(batch["valid_box"]), np.asarray(batch["label"])

@@ -1,0 +1,89 @@
+"""What the processes of a `--multihost` job agree on: the job itself, decisions read from disk,
+and the points they wait for each other at. On one process every function is a no-op."""
+
+import hashlib
+import json
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from alenn_jax.errors import UserInputError
+
+# Bytes of one process's description of the first field where its job differs from process 0's.
+_MESSAGE_BYTES = 512
+
+
+def agreed(values):
+  """Process 0's `values` (a numpy array or scalar) on every process: what process 0 found (on
+  disk, say) decides for all, so processes never take different branches around a collective."""
+  if jax.process_count() == 1:
+    return values
+  return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(values)))
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (nothing to wait for on one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{name}."))
+    else:
+      out[name] = value
+  return out
+
+
+def first_difference(mine: dict, theirs: dict) -> str | None:
+  """The first (sorted) dotted field whose value differs between two nested dicts, or None."""
+  a, b = _flatten(mine), _flatten(theirs)
+  for name in sorted(set(a) | set(b)):
+    if a.get(name, "<missing>") != b.get(name, "<missing>"):
+      return name
+  return None
+
+
+def _to_bytes(text: str, size: int) -> np.ndarray:
+  data = text.encode()[:size]
+  out = np.zeros(size, np.uint8)
+  out[: len(data)] = np.frombuffer(data, np.uint8)
+  return out
+
+
+def _from_bytes(data: np.ndarray) -> str:
+  return bytes(np.asarray(data, np.uint8)).rstrip(b"\0").decode(errors="replace")
+
+
+def check_same_job(job: dict) -> None:
+  """Stops every process with one line naming the first differing field when the processes were
+  started with different jobs (`job`: the config, workdir and mode as JSON-able dicts). Compares a
+  hash first; only on a mismatch is process 0's job sent to the others."""
+  if jax.process_count() == 1:
+    return
+  text = json.dumps(job, sort_keys=True)
+  digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int64)
+  digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1)
+  if np.all(digests == digests[0]):
+    return
+  length = int(agreed(np.int64(len(text.encode()))))
+  reference = json.loads(_from_bytes(agreed(_to_bytes(text, length))))
+  field = first_difference(job, reference)
+  here = ""
+  if field is not None:
+    mine, theirs = (
+      _flatten(job).get(field, "<missing>"),
+      _flatten(reference).get(field, "<missing>"),
+    )
+    here = f"{field}={mine!r} on process {jax.process_index()}, {theirs!r} on process 0"
+  notes = np.asarray(multihost_utils.process_allgather(_to_bytes(here, _MESSAGE_BYTES)))
+  differences = [_from_bytes(n) for n in notes.reshape(jax.process_count(), -1)]
+  first = next(d for d in differences if d)
+  raise UserInputError(
+    f"--multihost: the processes were started with different jobs: {first}; start every process "
+    "with the same --config, overrides, --workdir and --mode."
+  )
