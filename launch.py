@@ -3,9 +3,12 @@
 Dispatches on `config.trainer`. Everything else lives in the `alenn_jax` package.
 """
 
+import json
 import os
 import re
+import socket
 import sys
+import time
 
 import jax
 from absl import app, flags, logging
@@ -14,6 +17,7 @@ from ml_collections import config_flags
 from alenn_jax import (
   config_checks,
   localize,
+  multihost,
   pipeline,
   predict,
   rtv_demo,
@@ -48,6 +52,11 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 )
 _PROCESS_ID = flags.DEFINE_integer(
   "process_id", None, "With --multihost: this process's index (default: detected)."
+)
+_MULTIHOST_TIMEOUT = flags.DEFINE_integer(
+  "multihost_timeout",
+  300,
+  "With --multihost: seconds to wait for the coordinator and for every process to join.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -124,13 +133,12 @@ def main(argv):
 
   if logging.get_verbosity() < 1:
     logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
+  workdir = os.path.abspath(_WORKDIR.value)
   if _MULTIHOST.value:
-    # Detected on TPU pods, SLURM and Open MPI; the three flags cover other clusters.
-    jax.distributed.initialize(
-      coordinator_address=_COORDINATOR.value,
-      num_processes=_NUM_PROCESSES.value,
-      process_id=_PROCESS_ID.value,
-    )
+    try:
+      _start_multihost(config, workdir, mode)
+    except UserInputError as e:
+      _user_error(e)
   elif _COORDINATOR.value or _NUM_PROCESSES.value or _PROCESS_ID.value is not None:
     raise app.UsageError("--coordinator_address/--num_processes/--process_id need --multihost.")
   logging.info(
@@ -141,7 +149,6 @@ def main(argv):
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  workdir = os.path.abspath(_WORKDIR.value)
   logging.info("trainer=%s mode=%s workdir=%s\n%s", trainer, mode, workdir, config)
 
   try:
@@ -154,6 +161,45 @@ def main(argv):
     logging.warning("%s", e)
     print(f"preempted: {e}", file=sys.stderr)
     sys.exit(128 + e.signum)
+
+
+def _start_multihost(config, workdir: str, mode: str) -> None:
+  """jax.distributed.initialize(), after making sure the coordinator answers (else JAX aborts the
+  process with a stack trace), then checks that every process runs the same job."""
+  timeout = _MULTIHOST_TIMEOUT.value
+  if timeout < 1:
+    raise UserInputError(f"--multihost_timeout={timeout}: use a number of seconds >= 1.")
+  address = _COORDINATOR.value
+  if address and _PROCESS_ID.value not in (None, 0):
+    _wait_for_coordinator(address, timeout)
+  # Detected on TPU pods, SLURM and Open MPI; the three flags cover other clusters.
+  jax.distributed.initialize(
+    coordinator_address=address,
+    num_processes=_NUM_PROCESSES.value,
+    process_id=_PROCESS_ID.value,
+    initialization_timeout=timeout,
+  )
+  job = {"config": json.loads(config.to_json_best_effort()), "workdir": workdir, "mode": mode}
+  multihost.check_same_job(job)
+
+
+def _wait_for_coordinator(address: str, timeout: int) -> None:
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise UserInputError(f"--coordinator_address={address}: use host:port, e.g. 10.0.0.2:1234.")
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+        return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise UserInputError(
+          f"--coordinator_address={address}: no coordinator answered there within {timeout} s "
+          f"({e.strerror or e}); start process 0 (--process_id=0) with the same address, or fix "
+          "the host and port."
+        ) from None
+      time.sleep(1.0)
 
 
 def _verbose(argv) -> bool:

@@ -22,12 +22,14 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from alenn_jax import (
   image_io,
   input_pipeline,
   localize,
+  multihost,
   report,
   train_classifier,
   train_inpainting,
@@ -195,28 +197,31 @@ def _train_stage1(c, directory: str) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs every stage that is not done yet, then writes W/report/report.md."""
-  if jax.process_count() > 1:
-    raise UserInputError("the pipeline runs on one host; run its stages one by one on a pod.")
   for fusion_mode in config.fusions:
     if fusion_mode not in ("none", "enhance", "channels"):
       raise UserInputError(f"config.fusions: {fusion_mode!r} is not none, enhance or channels.")
   t_start = time.perf_counter()
   resolved = resolve(config)
-  _record_config(config, workdir)
+  first = jax.process_index() == 0  # Writes the markers and the report; all processes train.
+  if first:
+    _record_config(config, workdir)
   plan = stages(resolved, workdir)
   timings = {}
   for index, (name, directory, fn) in enumerate(plan):
     done = read_done(directory)
-    if done is not None:
+    # Process 0's markers decide, so every process runs the same stages together.
+    if multihost.agreed(np.int32(done is not None)):
       logging.info("pipeline [%d/%d] %s: already done, skipped", index + 1, len(plan), name)
-      timings[name] = done
+      timings[name] = done or {}
       continue
     logging.info("pipeline [%d/%d] %s: starting in %s", index + 1, len(plan), name, directory)
     t0 = time.perf_counter()
     fn()
+    multihost.barrier(f"pipeline: {name} finished")  # Every process's part is written.
     wall = time.perf_counter() - t0
     timings[name] = {"wall_s": wall, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _write_json(_done_path(directory), timings[name])
+    if first:
+      _write_json(_done_path(directory), timings[name])
     elapsed = time.perf_counter() - t_start
     logging.info(
       "pipeline [%d/%d] %s: done in %s (pipeline elapsed %s)",
@@ -227,14 +232,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       format_seconds(elapsed),
     )
   report_dir = os.path.join(workdir, "report")
-  report_done = read_done(report_dir)
-  if report_done is None:
+  if read_done(report_dir) is not None:
+    logging.info("pipeline: report already written, skipped")
+  elif first:
     _collect_report(resolved, workdir, report_dir)
     path = report.write_report_md(resolved, workdir, report_dir, plan, timings)
     _write_json(_done_path(report_dir), {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     logging.info("pipeline: wrote %s", path)
-  else:
-    logging.info("pipeline: report already written, skipped")
+  multihost.barrier("pipeline: report written")
   logging.info("pipeline: finished in %s", format_seconds(time.perf_counter() - t_start))
   return {"timings": timings, "report": os.path.join(report_dir, "report.md")}
 

@@ -62,8 +62,11 @@ def watch():
       watcher.signum = signum
 
   previous = {}
+  # On several processes SIGTERM stays with JAX's preemption notifier: a handler here would replace
+  # it, and each process would stop at the step its own signal arrived, not at the agreed one.
+  caught = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else (signal.SIGINT,)
   try:
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in caught:
       previous[signum] = signal.signal(signum, handler)
   except ValueError:  # Not the main thread: signals cannot be caught here.
     previous = {}
