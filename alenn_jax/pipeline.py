@@ -4,7 +4,9 @@
 
 Every stage has its own folder in W and is skipped when its `done.json` is there; an interrupted
 stage resumes from its own checkpoints. So re-running the command after a crash continues where it
-stopped, and re-running it after success recomputes nothing.
+stopped, and re-running it after success recomputes nothing. With `--multihost` every process runs
+each stage together; process 0's markers decide which stages are skipped, and process 0 writes a
+marker once every process has finished the stage, and the report.
 
   W/stage1/                     stage 1 (train_inpainting): checkpoints, report/table1.csv (with
                                 localize.folds = K > 1: W/stage1/fold<k>/, one per fold)

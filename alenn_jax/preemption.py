@@ -3,11 +3,13 @@
 ends the run with `Preempted`; the next launch resumes from that checkpoint.
 
 On several hosts the processes must agree on the step at which to stop; there JAX's own preemption
-sync point is used (`jax.distributed.initialize()` installs its SIGTERM notifier), on one host a
-signal handler sets a flag that the training loop reads once per step.
+sync point is used (`jax.distributed.initialize()` installs its SIGTERM notifier, and SIGINT is
+passed on to it as a SIGTERM to the process itself), on one host a signal handler sets a flag that
+the training loop reads once per step.
 """
 
 import contextlib
+import os
 import signal
 
 import jax
@@ -39,6 +41,7 @@ class _Watcher:
         if multihost_utils.reached_preemption_sync_point(step):
           self.signum = self.signum or signal.SIGTERM
           return True
+        return False  # Only the agreed step: a process never stops alone.
       except RuntimeError:  # The preemption service is not running (no distributed init).
         pass
     return self.signum is not None
@@ -60,6 +63,9 @@ def watch():
         "received %s: saving a checkpoint, then stopping", signal.Signals(signum).name
       )
       watcher.signum = signum
+      if signum == signal.SIGINT and jax.process_count() > 1:
+        # Passed on to JAX's notifier (SIGTERM), which has every process stop at the same step.
+        os.kill(os.getpid(), signal.SIGTERM)
 
   previous = {}
   # On several processes SIGTERM stays with JAX's preemption notifier: a handler here would replace

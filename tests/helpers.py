@@ -3,6 +3,7 @@ running launch.py in a subprocess, and comparing parameter trees."""
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -177,3 +178,43 @@ def make_mura_cohort(root: str, train_patients: int = 50, valid_patients: int = 
       f.write("\n".join(image_rows) + "\n")
     with open(os.path.join(base, f"{split}_labeled_studies.csv"), "w") as f:
       f.write("\n".join(study_rows) + "\n")
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def cpu_env(devices: int) -> dict:
+  """The environment of a subprocess with `devices` emulated CPU devices."""
+  return {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  }
+
+
+def start_processes(per_process_args, port: int, devices: int = 4) -> list[subprocess.Popen]:
+  """`python launch.py ARGS --multihost ...` for each process's ARGS (process i gets the i-th),
+  each with `devices` CPU devices, coordinated on localhost:`port`; stderr piped."""
+  count = len(per_process_args)
+  return [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "launch.py",
+        *args,
+        "--multihost",
+        f"--coordinator_address=localhost:{port}",
+        f"--num_processes={count}",
+        f"--process_id={i}",
+      ],
+      cwd=REPO,
+      env=cpu_env(devices),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i, args in enumerate(per_process_args)
+  ]

@@ -1,12 +1,15 @@
-"""The one-command pipeline: the :smoke config end to end, then again to prove nothing reruns."""
+"""The one-command pipeline: the :smoke config end to end, then again to prove nothing reruns; the
+same as two processes (stopped by SIGTERM and resumed) against the one-process run."""
 
 import csv
 import glob
 import math
 import os
 import shutil
+import signal
 import tempfile
 
+import jax
 import numpy as np
 from absl.testing import absltest
 from PIL import Image
@@ -255,6 +258,84 @@ class PipelineTest(absltest.TestCase):
     with open(os.path.join(out, "skipped.csv")) as f:
       self.assertIn("holds no image", f.read())
     self.assertEqual(sorted(os.listdir(out)), [".parts", "skipped.csv"])  # No predictions.csv.
+
+  # --- The same pipeline as two processes of 4 CPU devices (--multihost, JAX's CPU collectives).
+
+  def test_two_processes_stopped_and_resumed_end_as_one_process_with_8_devices(self):
+    """Against this class's run (one process, 8 devices): the resnet50 stages of the same config,
+    with LE (the classifier that reads the maps), stopped by SIGTERM to both processes during its
+    training and resumed."""
+    multi = os.path.join(self.tmp, "multi")
+    args = [
+      "--config=configs/pipeline.py:smoke",
+      f"--workdir={multi}",
+      f"--config.data.data_dir={self.data_dir}",
+      "--config.backbones=('resnet50',)",
+      "--config.fusions=('enhance',)",
+      "--alsologtostderr",
+    ]
+    procs = helpers.start_processes([args, args], helpers.free_port())
+    classifier_started, log = False, []
+    for line in procs[0].stderr:
+      log.append(line)
+      classifier_started |= "stage 2b" in line and "starting" in line
+      if classifier_started and "] [1] train/" in line:
+        for p in procs:
+          p.send_signal(signal.SIGTERM)
+        break
+    errors = [p.communicate(timeout=900)[1] for p in procs]
+    errors[0] = "".join(log) + errors[0]
+    self.assertIn("JAX process 1/2, 4 local / 8 global devices", errors[1])
+    for p, err in zip(procs, errors, strict=True):
+      self.assertEqual(p.returncode, 128 + signal.SIGTERM, err[-3000:])
+    # Both stop at the step JAX's preemption sync point agreed on.
+    stopped = {err.split("stopped by SIGTERM at step ")[1].split(";")[0] for err in errors}
+    self.assertLen(stopped, 1)
+
+    procs = helpers.start_processes([args, args], helpers.free_port())
+    errors = [p.communicate(timeout=900)[1] for p in procs]
+    for p, err in zip(procs, errors, strict=True):
+      self.assertEqual(p.returncode, 0, err[-3000:])
+    self.assertIn("stage 2a: LE maps: already done, skipped", errors[0])
+    self.assertIn(f"resumed from step {stopped.pop()}", errors[0])
+
+    # Stage 1: the same batches and masks; Adam turns rounding noise in near-zero gradients
+    # (biases before instance norm) into steps of about the learning rate, so the parameters
+    # agree to the learning rate per step, not to rounding.
+    gen_s, gen_t, step = helpers.stage1_generator(os.path.join(multi, "stage1"))
+    ref_s, ref_t, ref_step = helpers.stage1_generator(os.path.join(self.workdir, "stage1"))
+    self.assertEqual(step, ref_step)
+    bound = 2 * smoke_config(self.data_dir).stage1.optimizer.learning_rate * step
+    for a, b in zip(jax.tree.leaves((gen_s, gen_t)), jax.tree.leaves((ref_s, ref_t)), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=bound)
+
+    # The LE maps: every image of every split once, equal within 1e-3 (stored as float16).
+    for split in ("train", "validation", "test"):
+      got = le_maps.read_difference_maps(os.path.join(multi, "localize"), split)
+      want = le_maps.read_difference_maps(os.path.join(self.workdir, "localize"), split)
+      self.assertEqual(sorted(got), sorted(want))
+      for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=0, atol=1e-3, err_msg=f"{split} {key}")
+    self.assertAlmostEqual(
+      le_maps.read_scale(os.path.join(multi, "localize")),
+      le_maps.read_scale(os.path.join(self.workdir, "localize")),
+      delta=1e-3,
+    )
+
+    # The classifier, stopped and resumed: the same test predictions within 1e-4.
+    got, want = (
+      predictions.read_predictions(
+        predictions.predictions_path(pipeline.classifier_dir(w, "resnet50", "enhance"), "test")
+      )
+      for w in (multi, self.workdir)
+    )
+    self.assertEqual(list(got["ids"]), list(want["ids"]))
+    np.testing.assert_allclose(got["probs"], want["probs"], rtol=0, atol=1e-4)
+
+    # Process 0 wrote the markers and the report.
+    for stage in ("stage1", "localize", "classifiers/resnet50_enhance", "report"):
+      self.assertIsNotNone(pipeline.read_done(os.path.join(multi, stage)), stage)
+    self.assertTrue(os.path.exists(os.path.join(multi, "report", "report.md")))
 
 
 class MuraPipelineTest(absltest.TestCase):
