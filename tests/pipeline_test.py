@@ -337,6 +337,24 @@ class PipelineTest(absltest.TestCase):
       self.assertIsNotNone(pipeline.read_done(os.path.join(multi, stage)), stage)
     self.assertTrue(os.path.exists(os.path.join(multi, "report", "report.md")))
 
+    # The maps of the two-process run resume in one process: a lost shard is mapped again (the
+    # shard layout does not depend on the process count), the others are kept.
+    shards = sorted(glob.glob(os.path.join(multi, "localize", "le_maps", "*", "shard_*.npz")))
+    lost = shards[len(shards) // 2]
+    before = le_maps.read_difference_maps(os.path.join(multi, "localize"), lost.split(os.sep)[-2])
+    kept = {p: os.path.getmtime(p) for p in shards if p != lost}
+    for path in (lost, *(os.path.join(multi, d, "done.json") for d in ("localize", "report"))):
+      os.remove(path)
+    config = smoke_config(self.data_dir)
+    config.backbones, config.fusions = ("resnet50",), ("enhance",)
+    pipeline.run(config, multi)  # This process: 8 CPU devices.
+    self.assertTrue(os.path.exists(lost))
+    self.assertEqual({p: os.path.getmtime(p) for p in kept}, kept)
+    after = le_maps.read_difference_maps(os.path.join(multi, "localize"), lost.split(os.sep)[-2])
+    self.assertEqual(sorted(after), sorted(before))
+    for key, value in before.items():
+      np.testing.assert_allclose(after[key], value, rtol=0, atol=1e-3, err_msg=key)
+
 
 class MuraPipelineTest(absltest.TestCase):
   """A MURA-layout folder (train and valid only) with nothing but the dataset overridden."""
