@@ -19,6 +19,7 @@ writes D for every split to `W/le_maps/<split>/` (resumable: finished shards are
 `--multihost` each process maps its share of the missing shards on its own devices (`run`).
 """
 
+import itertools
 import os
 import time
 from typing import NamedTuple
@@ -332,35 +333,44 @@ def map_shards(config, step, params_of, mesh, workdir: str, shards, indices) -> 
   mapped."""
   t0, computed = time.perf_counter(), 0
   total = sum(s.stop - s.start for s in shards)
-  for number, shard in enumerate(shards):
-    ids, maps = [], []
-    chosen = indices[shard.split, shard.fold][shard.start : shard.stop]
-    iterator = input_pipeline.batches_alone(config.data, mesh, shard.split, chosen)
-    for batch in iterator:
-      d = np.asarray(jax.device_get(step(params_of(shard.fold), batch["image"])))[..., 0]
-      boxes = np.asarray(batch["valid_box"])
-      for i, weight in enumerate(np.asarray(batch["weight"])):
-        if weight > 0:
-          top, left, h, w = boxes[i]
-          ids.append(str(batch["id"][i]))
-          maps.append(d[i, top : top + h, left : left + w])
-    le_maps.write_shard(
-      le_maps.shard_path(workdir, shard.split, shard.index, shard.fold), ids, maps
-    )
-    computed += len(ids)
-    rate = computed / max(time.perf_counter() - t0, 1e-9)
-    logging.info(
-      "le_maps %s%s: shard %d (%d/%d of this process), %d/%d images, %.2f images/s, ETA %.0f s",
-      shard.split,
-      "" if shard.fold is None else f" (fold {shard.fold})",
-      shard.index,
-      number + 1,
-      len(shards),
-      computed,
-      total,
-      rate,
-      (total - computed) / max(rate, 1e-9),
-    )
+  local_batch = config.data.batch_size // jax.process_count()
+  # One reader per run of consecutive shards of a split and fold (opening the dataset and starting
+  # its threads costs about a second): a shard holds whole local batches, except the last of a
+  # split, which ends its run.
+  runs = [list(run) for _, run in itertools.groupby(shards, key=lambda s: (s.split, s.fold))]
+  number = 0
+  for run in runs:
+    chosen = np.concatenate([indices[s.split, s.fold][s.start : s.stop] for s in run])
+    iterator = input_pipeline.batches_alone(config.data, mesh, run[0].split, chosen)
+    for shard in run:
+      number += 1
+      ids, maps = [], []
+      for _ in range(-(-(shard.stop - shard.start) // local_batch)):
+        batch = next(iterator)
+        d = np.asarray(jax.device_get(step(params_of(shard.fold), batch["image"])))[..., 0]
+        boxes = np.asarray(batch["valid_box"])
+        for i, weight in enumerate(np.asarray(batch["weight"])):
+          if weight > 0:
+            top, left, h, w = boxes[i]
+            ids.append(str(batch["id"][i]))
+            maps.append(d[i, top : top + h, left : left + w])
+      le_maps.write_shard(
+        le_maps.shard_path(workdir, shard.split, shard.index, shard.fold), ids, maps
+      )
+      computed += len(ids)
+      rate = computed / max(time.perf_counter() - t0, 1e-9)
+      logging.info(
+        "le_maps %s%s: shard %d (%d/%d of this process), %d/%d images, %.2f images/s, ETA %.0f s",
+        shard.split,
+        "" if shard.fold is None else f" (fold {shard.fold})",
+        shard.index,
+        number,
+        len(shards),
+        computed,
+        total,
+        rate,
+        (total - computed) / max(rate, 1e-9),
+      )
   return computed
 
 

@@ -8,8 +8,28 @@ import sys
 
 from absl.testing import absltest
 
+from alenn_jax import multihost
 from configs import pipeline as pipeline_config
 from tests import helpers
+
+
+class FirstDifferenceTest(absltest.TestCase):
+  def test_names_the_first_differing_dotted_field_in_sorted_order(self):
+    a = {"config": {"data": {"name": "x", "batch_size": 8}, "seed": 0}, "mode": "train"}
+    b = {"config": {"data": {"name": "y", "batch_size": 16}, "seed": 0}, "mode": "train"}
+    self.assertEqual(multihost.first_difference(a, b), "config.data.batch_size")
+    self.assertIsNone(multihost.first_difference(a, a))
+
+  def test_a_field_only_one_side_has_is_a_difference(self):
+    a = {"config": {"seed": 0}}
+    b = {"config": {"seed": 0, "extra": None}}
+    self.assertEqual(multihost.first_difference(a, b), "config.extra")
+    self.assertEqual(multihost.first_difference(b, a), "config.extra")
+
+  def test_on_one_process_agreement_and_barriers_are_no_ops(self):
+    self.assertEqual(multihost.agreed(3), 3)
+    multihost.barrier("nothing to wait for")
+    multihost.check_same_job({"config": {}})
 
 
 class MultiHostStartTest(helpers.PhantomsTestCase):
