@@ -90,12 +90,13 @@ def check_finite(step_metrics: dict, step: int, manager: ocp.CheckpointManager) 
     )
 
 
-def _flatten(tree, prefix="") -> dict:
+def flatten_config(tree, prefix="") -> dict:
+  """A nested dict (a config as JSON) as {"dotted.field": value}, tuples as lists."""
   out = {}
   for key, value in tree.items():
     name = f"{prefix}{key}"
     if isinstance(value, dict):
-      out.update(_flatten(value, f"{name}."))
+      out.update(flatten_config(value, f"{name}."))
     else:
       out[name] = list(value) if isinstance(value, tuple) else value
   return out
@@ -116,8 +117,8 @@ def check_config(
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
     with open(path) as f:
-      stored = _flatten(json.load(f))
-    now = _flatten(current)
+      stored = flatten_config(json.load(f))
+    now = flatten_config(current)
 
     def rank(name):  # The first of `shape_fields` a name falls under, or None.
       return next((i for i, p in enumerate(shape_fields) if name == p or name.startswith(p)), None)

@@ -580,9 +580,8 @@ def eval_iterator(
   if not len(indices):
     return GlobalBatches(iter(()), mesh, 0)
   local_batch = _local_batch_size(config, mesh)
-  num_batches = math.ceil(len(indices) / config.batch_size)
-  padded = np.full(num_batches * config.batch_size, -1, np.int64)
-  padded[: len(indices)] = indices
+  padded = _padded(indices, config.batch_size)
+  num_batches = len(padded) // config.batch_size
   # This process's contiguous block of every global batch.
   local = padded.reshape(num_batches, jax.process_count(), local_batch)[:, jax.process_index()]
   iterator = _ordered_batches(config, source, indices[0], local.ravel(), local_batch, le_maps)
@@ -620,11 +619,16 @@ def batches_alone(
   if not len(indices):
     return GlobalBatches(iter(()), mesh, 0)
   source = _source(_prepared_builder(config, split), config, split)
-  num_batches = math.ceil(len(indices) / local_batch)
-  padded = np.full(num_batches * local_batch, -1, np.int64)
-  padded[: len(indices)] = indices
+  padded = _padded(indices, local_batch)
   iterator = _ordered_batches(config, source, indices[0], padded, local_batch, le_maps)
-  return GlobalBatches(iterator, mesh, num_batches)
+  return GlobalBatches(iterator, mesh, len(padded) // local_batch)
+
+
+def _padded(indices, batch: int) -> np.ndarray:
+  """`indices` followed by -1 (padding) up to a whole number of batches."""
+  padded = np.full(math.ceil(len(indices) / batch) * batch, -1, np.int64)
+  padded[: len(indices)] = indices
+  return padded
 
 
 def _ordered_batches(config, source, first: int, indices, batch: int, le_maps):

@@ -8,10 +8,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from alenn_jax import checkpointing
 from alenn_jax.errors import UserInputError
 
 # Bytes of one process's description of the first field where its job differs from process 0's.
 _MESSAGE_BYTES = 512
+_MISSING = "<missing>"  # A field only the other process's job has.
 
 
 def agreed(values):
@@ -28,22 +30,11 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _flatten(tree, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{name}."))
-    else:
-      out[name] = value
-  return out
-
-
 def first_difference(mine: dict, theirs: dict) -> str | None:
   """The first (sorted) dotted field whose value differs between two nested dicts, or None."""
-  a, b = _flatten(mine), _flatten(theirs)
+  a, b = checkpointing.flatten_config(mine), checkpointing.flatten_config(theirs)
   for name in sorted(set(a) | set(b)):
-    if a.get(name, "<missing>") != b.get(name, "<missing>"):
+    if a.get(name, _MISSING) != b.get(name, _MISSING):
       return name
   return None
 
@@ -75,10 +66,8 @@ def check_same_job(job: dict) -> None:
   field = first_difference(job, reference)
   here = ""
   if field is not None:
-    mine, theirs = (
-      _flatten(job).get(field, "<missing>"),
-      _flatten(reference).get(field, "<missing>"),
-    )
+    mine = checkpointing.flatten_config(job).get(field, _MISSING)
+    theirs = checkpointing.flatten_config(reference).get(field, _MISSING)
     here = f"{field}={mine!r} on process {jax.process_index()}, {theirs!r} on process 0"
   notes = np.asarray(multihost_utils.process_allgather(_to_bytes(here, _MESSAGE_BYTES)))
   differences = [_from_bytes(n) for n in notes.reshape(jax.process_count(), -1)]
