@@ -9,6 +9,7 @@ argument is one line naming the field instead of a traceback minutes into a run.
   masks.weights          one non-negative probability per mask kind (masks.KINDS), not all zero
   rtv.*                  RTV parameters: positive (n_iter and max_cg_iters >= 1)
   model.padding          stage 1 generators': one of models.inpainting.PADDINGS
+  structure              stage 1's: where the RTV structure comes from, "in_step" or "per_image"
   group_by               data.group_by: one of datasets.folder.GROUP_BY
   seeds, folds           positive integers (classifier runs per backbone and fusion; cross-fitting
                          folds of the LE maps and of the data)
@@ -99,6 +100,8 @@ def validate(
       _check_rtv(where, value)
     elif key == "padding" and path.endswith(".model"):
       _check_choice(where, value, inpainting.PADDINGS)
+    elif key == "structure" and config.get("trainer") == "inpainting":
+      _check_choice(where, value, rtv.STRUCTURE_MODES)
     elif key == "group_by":
       _check_choice(where, value, GROUP_BY)
     elif key == "holdout_fold" and (

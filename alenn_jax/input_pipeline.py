@@ -37,7 +37,7 @@ from alenn_jax import datasets, sharding
 from alenn_jax.errors import UserInputError
 
 NUMERIC_KEYS = ("image", "lesion_mask", "label", "valid_box", "weight")
-OPTIONAL_KEYS = ("le",)
+OPTIONAL_KEYS = ("le", "structure")
 
 
 def numeric_keys(batch) -> tuple[str, ...]:
@@ -133,6 +133,10 @@ class _Preprocess:
   augment: ml_collections.ConfigDict | None = None
   le_maps: Any = None  # id -> LE map in [0, 1] of the image's own extent (stage 2), or None.
   crop: int = 0  # Training: a random crop of this side from the `size` square (0: none).
+  # id -> RTV structure in [0, 1] of the letterboxed `size` square (stage 1 with
+  # structure="per_image"), or None: augmented with its image (the same rotation, zoom, flip,
+  # contrast and brightness) and cropped with it; adds the batch key `structure` in [-1, 1].
+  structures: Any = None
 
   def __call__(self, example: dict, rng: np.random.Generator | None = None) -> dict:
     example_id = example["id"]
@@ -144,6 +148,15 @@ class _Preprocess:
       if example_id not in self.le_maps:
         raise UserInputError(f"no LE map for example {example_id!r}; recompute the LE maps.")
       le = place_map(self.le_maps[example_id], box, self.size)
+    structure = None
+    if self.structures is not None:
+      if example_id not in self.structures:
+        raise UserInputError(f"no RTV structure for example {example_id!r} in the per-image cache.")
+      structure = np.asarray(self.structures[example_id], np.float32)
+      if structure.shape != (self.size, self.size):
+        raise ValueError(
+          f"the structure of {example_id!r} is {structure.shape}, not the {self.size}-px square."
+        )
     out = image.astype(np.float32) / 255.0
     if self.augment is not None and rng is not None:
       aug = self.augment
@@ -154,10 +167,15 @@ class _Preprocess:
       mask = _affine(mask, angle, zoom, flip, Image.Resampling.NEAREST)
       if le is not None:
         le = _affine(le, angle, zoom, flip, Image.Resampling.BILINEAR)
+      if structure is not None:
+        structure = _affine(structure, angle, zoom, flip, Image.Resampling.BILINEAR)
       out = image.astype(np.float32) / 255.0
       contrast = rng.uniform(1.0 - aug.contrast, 1.0 + aug.contrast)
       brightness = rng.uniform(-aug.brightness, aug.brightness)
-      out = np.clip((out - out.mean()) * contrast + out.mean() + brightness, 0.0, 1.0)
+      mean = out.mean()
+      out = np.clip((out - mean) * contrast + mean + brightness, 0.0, 1.0)
+      if structure is not None:  # RTV commutes with a shift and (nearly) with a gain.
+        structure = np.clip((structure - mean) * contrast + mean + brightness, 0.0, 1.0)
     result = {
       "image": (out * 2.0 - 1.0)[:, :, None].astype(np.float32),
       "lesion_mask": (mask > 0).astype(np.float32)[:, :, None],
@@ -168,6 +186,8 @@ class _Preprocess:
     }
     if le is not None:
       result["le"] = np.clip(le, 0.0, 1.0)[:, :, None]
+    if structure is not None:
+      result["structure"] = (np.clip(structure, 0.0, 1.0) * 2.0 - 1.0)[:, :, None]
     if self.crop and rng is not None and self.crop < self.size:
       result = _random_crop(result, self.crop, rng)
     return result
@@ -186,7 +206,7 @@ def _random_crop(example: dict, crop: int, rng: np.random.Generator) -> dict:
   size = example["image"].shape[0]
   top, left = (int(v) for v in rng.integers(0, size - crop + 1, 2))
   out = dict(example)
-  for key in ("image", "lesion_mask", "le"):
+  for key in ("image", "lesion_mask", "le", "structure"):
     if key in out:
       out[key] = out[key][top : top + crop, left : left + crop]
   y0, x0, h, w = (int(v) for v in example["valid_box"])
@@ -518,7 +538,7 @@ class GlobalBatches:
 
 
 def train_iterator(
-  config: ml_collections.ConfigDict, mesh, split: str | None = None, le_maps=None
+  config: ml_collections.ConfigDict, mesh, split: str | None = None, le_maps=None, structures=None
 ) -> GlobalBatches:
   """Infinite, shuffled, augmented batches of the `config.labels` examples of the train split.
 
@@ -527,12 +547,16 @@ def train_iterator(
     mesh: the device mesh; batches are split on its "data" axis.
     split: defaults to `config.train_split`.
     le_maps: id -> LE map of the image's own extent; adds the batch key `le` (stage 2).
+    structures: id -> RTV structure in [0, 1] of the letterboxed `config.image_size` square,
+      augmented with its image; adds the batch key `structure` (stage 1's `per_image`).
   """
   split = split or config.train_split
   local_batch = _local_batch_size(config, mesh)
   source, labels = _open_split(config, split)
   indices = _select(labels, config.labels, config.name, split)
-  preprocess = _Preprocess(config.image_size, config.augment, le_maps, config.get("crop", 0))
+  preprocess = _Preprocess(
+    config.image_size, config.augment, le_maps, config.get("crop", 0), structures
+  )
   dataset = (
     grain.MapDataset.source(_Subset(source, indices)).seed(config.seed).shuffle().repeat(None)
   )

@@ -537,7 +537,12 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
     f"- Devices: {len(devices)} x {devices[0].platform} ({devices[0].device_kind}), "
     f"{jax.process_count()} process(es).",
     f"- Stage 1: model {dict(config.stage1.model)}, {config.stage1.phase1_steps} + "
-    f"{config.stage1.phase2_steps} steps at batch {config.stage1.data.batch_size}.",
+    f"{config.stage1.phase2_steps} steps at batch {config.stage1.data.batch_size}; RTV "
+    + (
+      "structure solved once per training image and augmented with it (per_image)."
+      if config.stage1.get("structure", "in_step") == "per_image"
+      else "structure solved for every augmented batch inside the step (in_step)."
+    ),
     f"- LE maps: {localize.method}"
     + (f" (gap {localize.gap} px)" if localize.method == "multi_window" else "")
     + (f" (crop {localize.context} px)" if localize.method == "context" else "")

@@ -49,6 +49,9 @@ DEFAULT_N_ITER = 3
 # Relative residual ||b - A x|| / ||b|| at which a solve stops, and its iteration cap.
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_CG_ITERS = 500
+# Where stage 1 takes the structure of its training images from (`config.structure`, see
+# train_inpainting): each augmented batch's, inside the step, or each image's, once, augmented.
+STRUCTURE_MODES = ("in_step", "per_image")
 
 
 @dataclasses.dataclass(frozen=True)

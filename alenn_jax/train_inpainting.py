@@ -5,8 +5,17 @@ normal images (whole, or random `config.data.crop`-px crops of them: the generat
 convolutional, so a CPU trains on large images at the cost of small ones); phase 2 fits the
 texture generator gen_t (with disc_t) to repaint the image on top of gen_s's structure (gen_s
 frozen, or fine-tuned by `config.finetune_gen_s`). Losses are the paper's eq. 11-12 (see
-`losses`). S is computed by `rtv.extract_structure` inside the jitted step, and masks are drawn on
-device from a per-step key, so there is no pre-processing pass.
+`losses`). Masks are drawn on device from a per-step key. S comes from `rtv.extract_structure`,
+as `config.structure` says:
+
+  in_step    inside the jitted step, of every augmented batch: the exact RTV of what the
+             generators see, at the cost of one RTV solve per step (on a 2-core CPU at 64 px,
+             0.19 s of a 0.44 s step; on a GPU the solver's sequential CG loop bounds the step).
+  per_image  once per training image before the first step (unaugmented, letterboxed at
+             `data.image_size`), then augmented with its image in the input pipeline (the same
+             rotation, zoom, flip, crop, contrast and brightness). RTV commutes exactly with a
+             brightness shift and nearly with a gain, rotation and zoom; what differs is the
+             resampling of S instead of the image (BENCHMARKS.md measures both).
 
 Reads top to bottom: `create_train_state`, `train_step`, `eval_step` (`repaint`), `evaluate`
 (runs the generators over the evaluation split and scores them: the paper's Table 1, PSNR/SSIM of
@@ -20,6 +29,7 @@ import csv
 import dataclasses
 import functools
 import os
+import time
 from typing import Any
 
 import flax
@@ -165,7 +175,7 @@ def train_step(state: TrainState, batch: dict, rng, *, static: GanSetup, phase: 
   images = batch["image"]  # [B, H, W, 1] in [-1, 1]
   b, h, w, _ = images.shape
   mask = masks_lib.sample_masks(rng, b, h, w, static.masks)  # [B, H, W, 1], 1 = keep
-  structure = rtv.structure_of(images, static.rtv)
+  structure = batch["structure"] if "structure" in batch else rtv.structure_of(images, static.rtv)
   suffix = "s" if phase == 1 else "t"
 
   if phase == 1:
@@ -344,6 +354,23 @@ def _save(manager, step: int, state: TrainState, data_state, force: bool = False
   checkpointing.save(manager, step, items, force=force)
 
 
+def structure_per_image(config, static: GanSetup) -> dict[str, np.ndarray]:
+  """id -> RTV structure in [0, 1] (float16, `[S, S]`) of every training image of stage 1,
+  unaugmented and letterboxed at `S = config.data.image_size`: `config.structure="per_image"`.
+  Read by this process alone on its own devices (every process holds every structure)."""
+  data = config.data
+  indices = input_pipeline.selected_indices(data, data.train_split)
+  local = sharding.make_mesh(jax.local_devices())
+  extract = jax.jit(lambda images: rtv.structure_of(images, static.rtv))
+  out = {}
+  for batch in input_pipeline.batches_alone(data, local, data.train_split, indices):
+    structure = np.asarray(jax.device_get(extract(batch["image"])))[..., 0]
+    for i, weight in enumerate(np.asarray(batch["weight"])):
+      if weight > 0:
+        out[str(batch["id"][i])] = ((structure[i] + 1.0) / 2.0).astype(np.float16)
+  return out
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains both phases (resuming from `workdir` if it holds a checkpoint), then writes Table 1."""
   if config.eval.split not in input_pipeline.split_names(config.data):  # Table 1: held out.
@@ -355,6 +382,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       f"config.data.crop={crop}: training crops must be smaller than config.data.image_size="
       f"{config.data.image_size} and a multiple of {factor} (2**config.model.depth)."
     )
+  structure_mode = config.get("structure", "in_step")  # Runs stored before the field: in_step.
+  if structure_mode not in rtv.STRUCTURE_MODES:
+    raise UserInputError(
+      f"config.structure={structure_mode!r}: use one of {', '.join(rtv.STRUCTURE_MODES)}."
+    )
   mesh = sharding.make_mesh()
   static = GanSetup.from_config(config)
   total_steps = config.phase1_steps + config.phase2_steps
@@ -365,7 +397,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     config, static, jax.random.PRNGKey(config.seed), config.data.image_size
   )
   state = jax.device_put(state, replicated)
-  train_iter = input_pipeline.train_iterator(config.data, mesh)
+  structures = None
+  if structure_mode == "per_image":
+    t0 = time.perf_counter()
+    structures = structure_per_image(config, static)
+    logging.info(
+      "RTV structure of %d training images, once: %.1f s", len(structures), time.perf_counter() - t0
+    )
+  train_iter = input_pipeline.train_iterator(config.data, mesh, structures=structures)
   manager = _checkpoint_manager(workdir, config)
   state, resumed = checkpointing.restore_latest(manager, state, train_iter)
   if not resumed:
@@ -376,7 +415,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   start = int(jax.device_get(state.step))
 
   batch_sharding = sharding.batch_sharding(mesh)
-  batch_shardings = {k: batch_sharding for k in input_pipeline.NUMERIC_KEYS}
+  keys = input_pipeline.NUMERIC_KEYS + (("structure",) if structures is not None else ())
+  batch_shardings = {k: batch_sharding for k in keys}
   steps = {}
   for phase in (1, 2):
     fn = functools.partial(train_step, static=static, phase=phase)
@@ -395,7 +435,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   with preemption.watch() as should_stop:
     for step in range(start, stop):
       batch = next(train_iter)
-      numeric = {k: batch[k] for k in input_pipeline.NUMERIC_KEYS}
+      numeric = {k: batch[k] for k in keys}
       if grid_images is None:
         grid_images = numeric["image"]
       phase = 1 if step < config.phase1_steps else 2

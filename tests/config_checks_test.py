@@ -43,6 +43,14 @@ class ValidateTest(parameterized.TestCase):
     ("holdout", stage1, "smoke", "data.holdout_fold", 3, r"holdout_fold=3 .*\[0, 1\)"),
     ("padding", stage1, "smoke", "model.padding", "same", r"config.model.padding='same'"),
     ("nested", pipeline, "smoke", "stage1.masks.weights", (1.0,), r"config.stage1.masks.weights"),
+    (
+      "structure",
+      pipeline,
+      "small",
+      "stage1.structure",
+      "once",
+      r"stage1.structure='once'.*in_step",
+    ),
   )
   def test_bad_field_is_named(self, module, arg, field, value, pattern):
     config = module.get_config(arg)

@@ -47,6 +47,28 @@ class LetterboxTest(absltest.TestCase):
       self.assertGreater(iou, 0.85)
       self.assertEqual(out["id"], "x")
 
+  def test_a_structure_is_augmented_exactly_as_its_image(self):
+    rng = np.random.default_rng(1)
+    image = np.zeros((48, 48), np.uint8)
+    image[8:40, 14:30] = np.linspace(60, 250, 16).astype(np.uint8)
+    example = {
+      "image": image[:, :, None],
+      "lesion_mask": np.zeros((48, 48, 1), np.uint8),
+      "label": 0,
+      "id": b"x",
+    }
+    # A structure equal to its own image must come out as the augmented image (rotation, zoom,
+    # flip, contrast, brightness) up to the image's uint8 rounding.
+    preprocess = input_pipeline._Preprocess(
+      48, input_pipeline.data_config().augment, structures={"x": image / 255.0}
+    )
+    for _ in range(5):
+      out = preprocess(example, rng)
+      self.assertEqual(out["structure"].shape, (48, 48, 1))
+      np.testing.assert_allclose(out["structure"], out["image"], atol=0.012)
+    with self.assertRaisesRegex(UserInputError, "no RTV structure for example 'x'"):
+      input_pipeline._Preprocess(48, None, structures={})(example, rng)
+
 
 class PipelineTest(absltest.TestCase):
   @classmethod
@@ -105,6 +127,22 @@ class PipelineTest(absltest.TestCase):
       self.assertTrue(found, ex_id)
     boxes = np.asarray(batch["valid_box"])
     self.assertTrue(np.all((boxes[:, 2:] >= 0) & (boxes[:, :2] + boxes[:, 2:] <= 16)))
+
+  def test_per_image_structures_are_cropped_and_sharded_with_their_images(self):
+    config = self.config(crop=16)
+    # Each example's "structure" is its own letterboxed image: after augmentation and cropping
+    # it must still be the image.
+    structures = {
+      ex_id: (image[..., 0] + 1.0) / 2.0
+      for b in input_pipeline.eval_iterator(self.config(), self.mesh, "train")
+      for ex_id, image in zip(ids(b), np.asarray(b["image"]), strict=True)
+    }
+    batch = next(input_pipeline.train_iterator(config, self.mesh, structures=structures))
+    self.assertEqual(batch["structure"].shape, (8, 16, 16, 1))
+    self.assertEqual(batch["structure"].sharding, sharding.batch_sharding(self.mesh))
+    np.testing.assert_allclose(
+      np.asarray(batch["structure"]), np.asarray(batch["image"]), atol=0.012
+    )
 
   def test_labels_keep_only_normals(self):
     iterator = input_pipeline.train_iterator(self.config(labels=(0,)), self.mesh)

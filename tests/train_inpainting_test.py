@@ -1,6 +1,7 @@
 """Stage 1 trainer: the step function, and the :smoke trainer end to end on 8 emulated devices."""
 
 import csv
+import functools
 import math
 import os
 
@@ -9,7 +10,7 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
-from alenn_jax import checkpointing, rtv, sharding
+from alenn_jax import checkpointing, input_pipeline, rtv, sharding
 from alenn_jax import train_inpainting as ti
 from alenn_jax.errors import UserInputError
 from configs import stage1
@@ -64,6 +65,20 @@ class TrainStepTest(absltest.TestCase):
         )
       self.assertEqual(int(state.step), int(before.step) + 3)
 
+  def test_a_structure_in_the_batch_replaces_the_in_step_solve(self):
+    # Traced, not compiled: the RTV solver is the step's only while loop (conjugate gradient).
+    config = smoke_config("/unused")
+    static = ti.GanSetup.from_config(config)
+    state = jax.eval_shape(lambda: ti.create_train_state(config, static, jax.random.PRNGKey(0), 32))
+    images = np.zeros((8, 32, 32, 1), np.float32)
+    rng = jax.random.PRNGKey(3)
+    for phase in (1, 2):
+      step = functools.partial(ti.train_step, static=static, phase=phase)
+      in_step = str(jax.make_jaxpr(step)(state, {"image": images}, rng))
+      given = str(jax.make_jaxpr(step)(state, {"image": images, "structure": images}, rng))
+      self.assertIn("while", in_step)
+      self.assertNotIn("while", given)
+
 
 class TrainAndEvaluateTest(helpers.PhantomsTestCase):
   def test_smoke_trains_writes_table1_and_resumes_bit_identically(self):
@@ -105,6 +120,30 @@ class TrainAndEvaluateTest(helpers.PhantomsTestCase):
     table = ti.evaluate_checkpoint(config, workdir_a)
     for row in rows:
       self.assertAlmostEqual(table[row["Images"]]["psnr"], float(row["PSNR"]), places=3)
+
+  def test_per_image_structure_is_each_training_images_rtv_and_trains(self):
+    config = smoke_config(self.data_dir)
+    config.structure = "per_image"
+    static = ti.GanSetup.from_config(config)
+    structures = ti.structure_per_image(config, static)
+    mesh = sharding.make_mesh()
+    seen = 0
+    for batch in input_pipeline.eval_iterator(config.data, mesh, "train"):
+      images = np.asarray(batch["image"])
+      exact = (np.asarray(rtv.structure_of(images, static.rtv))[..., 0] + 1.0) / 2.0
+      for i, weight in enumerate(np.asarray(batch["weight"])):
+        if weight > 0:
+          cached = structures[str(batch["id"][i])]
+          self.assertEqual((cached.dtype, cached.shape), (np.float16, (32, 32)))
+          np.testing.assert_allclose(cached, exact[i], atol=1e-3)  # float16 storage.
+          seen += 1
+    self.assertLen(structures, seen)  # Every training normal, nothing else.
+    config.stop_at_step = 2
+    state = ti.train_and_evaluate(config, os.path.join(self.tmp, "per_image"))
+    self.assertEqual(int(state.step), 2)
+    config.structure = "once"
+    with self.assertRaisesRegex(UserInputError, r"config.structure='once': use one of in_step"):
+      ti.train_and_evaluate(config, os.path.join(self.tmp, "bad_structure"))
 
   def test_non_finite_loss_stops_and_keeps_last_checkpoint(self):
     workdir = os.path.join(self.tmp, "nan")
