@@ -206,7 +206,7 @@ def _random_crop(example: dict, crop: int, rng: np.random.Generator) -> dict:
   size = example["image"].shape[0]
   top, left = (int(v) for v in rng.integers(0, size - crop + 1, 2))
   out = dict(example)
-  for key in ("image", "lesion_mask", "le", "structure"):
+  for key in ("image", "lesion_mask", *OPTIONAL_KEYS):  # Every map of the example.
     if key in out:
       out[key] = out[key][top : top + crop, left : left + crop]
   y0, x0, h, w = (int(v) for v in example["valid_box"])

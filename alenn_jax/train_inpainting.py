@@ -10,7 +10,8 @@ as `config.structure` says:
 
   in_step    inside the jitted step, of every augmented batch: the exact RTV of what the
              generators see, at the cost of one RTV solve per step (on a 2-core CPU at 64 px,
-             0.19 s of a 0.44 s step; on a GPU the solver's sequential CG loop bounds the step).
+             0.19 s of a 0.54 s step; on a GPU the solver's sequential CG loop is probably most
+             of the step).
   per_image  once per training image before the first step (unaugmented, letterboxed at
              `data.image_size`), then augmented with its image in the input pipeline (the same
              rotation, zoom, flip, crop, contrast and brightness). RTV commutes exactly with a

@@ -65,10 +65,10 @@ def main():
       / 127.5
       - 1.0
     )
-    structure = rtv.structure_of(jnp.asarray(images), static.rtv)
+    images = jnp.asarray(images)
     batches = {
-      "in_step": {"image": jnp.asarray(images)},
-      "per_image": {"image": jnp.asarray(images), "structure": structure},
+      "in_step": {"image": images},
+      "per_image": {"image": images, "structure": rtv.structure_of(images, static.rtv)},
     }
     for phase, (mode, batch) in itertools.product((1, 2), batches.items()):
       state = ti.create_train_state(config, static, jax.random.PRNGKey(0), size)
