@@ -552,6 +552,12 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
       if localize.get("pad", 0)
       else ", no padded border"
     )
+    + (
+      f"; each window's error less its local mean (Gaussian σ {localize.highpass:g} px)"
+      if localize.get("highpass", 0)
+      else "; each window's |I - I_k| (the paper)"
+    )
+    + (f", D blurred (σ {localize.smooth:g} px)" if localize.get("smooth", 0) else "")
     + "; scale = "
     f"the {localize.percentile:g}th percentile of D over the training normals"
     + (

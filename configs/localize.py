@@ -42,6 +42,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # border pixels get as many windows as inner ones, border windows context on all sides.
   # -1: the stride (rounded up to a multiple of 2**(model.depth - 1)); 0: none (the paper).
   config.pad = -1
+  # Each window scores |r - m| instead of the paper's |r| = |I - I_k|, m the local mean of r inside
+  # the hole (a Gaussian of sigma `highpass` px): a repainting that gets a region's brightness
+  # wrong but not its content scores nothing. D is then blurred with a Gaussian of sigma `smooth`
+  # px. -1: window / 8 and window / 16 (chosen on the phantoms' validation split, BENCHMARKS.md);
+  # 0: off (the paper).
+  config.highpass = -1.0
+  config.smooth = -1.0
   config.chunk = 16  # Inpainting passes run together; bounds memory.
   config.batches_per_shard = 8  # Resumption granularity.
   config.force_restart = False  # Recompute (old le_maps moved aside) if window/data changed.

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
+from scipy import ndimage
 from sklearn import metrics as skm
 
 from alenn_jax import checkpointing, le_maps, localize, report
@@ -18,16 +19,23 @@ from configs import stage1
 from tests import helpers
 
 
-def loop_difference_map(params, images, structure, inpaint_fn, window, stride):
-  """The plain reference: one window at a time."""
+def loop_difference_map(params, images, structure, inpaint_fn, window, stride, highpass=0.0):
+  """The plain reference: one window at a time; with `highpass`, each window's signed error minus
+  its Gaussian mean over the hole (scipy's filter, zeros outside the hole)."""
   h, w = images.shape[1:3]
   total = np.zeros(images.shape, np.float64)
   count = np.zeros(images.shape, np.float64)
   for mask in masks_lib.window_masks(h, w, window, stride):
     mask = np.broadcast_to(mask[None], images.shape)
     composite = np.asarray(inpaint_fn(params, images, structure, jnp.asarray(mask)))
-    total += np.abs(np.asarray(images) - composite) * (1 - mask) / 2
-    count += 1 - mask
+    hole = 1.0 - mask
+    r = (np.asarray(images, np.float64) - composite) * hole
+    if highpass:
+      sigma = (0, highpass, highpass, 0)
+      blur = lambda x: ndimage.gaussian_filter(x, sigma, mode="constant", truncate=3.0)  # noqa: B023
+      r = np.where(hole > 0, r - blur(r) / np.maximum(blur(hole), 1e-12), 0.0)
+    total += np.abs(r) / 2
+    count += hole
   return total / count
 
 
@@ -160,6 +168,25 @@ class DifferenceMapTest(parameterized.TestCase):
     constant = lambda p, images, s, m: masks_lib.composite(images, jnp.ones_like(images), m)
     got = self.run_map(chunk=5, window=7, stride=3, inpaint_fn=constant)
     np.testing.assert_allclose(got, np.abs(np.asarray(self.images) - 1) / 2, atol=1e-6)
+
+  def test_highpass_takes_each_windows_error_less_its_local_mean(self):
+    got = self.run_method(self.images, self.structure, window=8, stride=4, chunk=4, highpass=1.5)
+    expected = loop_difference_map(
+      self.params, self.images, self.structure, self.inpaint_fn, 8, 4, highpass=1.5
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # A repainting whose only error is a brightness offset scores nothing; without it, the offset.
+    offset = lambda p, images, s, m: masks_lib.composite(images, images + 0.3, m)
+    kwargs = dict(window=8, stride=4, chunk=4, inpaint_fn=offset)
+    np.testing.assert_allclose(self.run_map(**kwargs), 0.15, atol=1e-6)
+    fn = jax.jit(lambda p, i, s: localize.difference_map(p, i, s, highpass=2.0, **kwargs))
+    np.testing.assert_allclose(fn(self.params, self.images, self.structure), 0.0, atol=1e-6)
+
+  def test_smooth_blurs_the_mean_over_windows(self):
+    plain = self.run_method(self.images, self.structure, window=8, stride=4, chunk=4)
+    got = self.run_method(self.images, self.structure, window=8, stride=4, chunk=4, smooth=1.0)
+    expected = ndimage.gaussian_filter(plain, (0, 1.0, 1.0, 0), mode="reflect", truncate=3.0)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
 
   def test_le_map_uses_one_scale_and_clips(self):
     d = np.array([[0.0, 0.05], [0.1, 0.4]])
@@ -317,6 +344,19 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     factor = 2**stage1_config.model.depth
     config.pad = factor // 2 + 1
     with self.assertRaisesRegex(UserInputError, f"config.pad={factor // 2 + 1}: the reflected"):
+      localize.resolve(config, stage1_config)
+
+  def test_highpass_and_smooth_default_to_fractions_of_the_window(self):
+    stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
+    config = self.config()
+    config.window = 8
+    resolved = localize.resolve(config, stage1_config)
+    self.assertEqual((resolved.highpass, resolved.smooth), (1.0, 0.5))
+    config.highpass, config.smooth = 0.0, 2.5
+    resolved = localize.resolve(config, stage1_config)
+    self.assertEqual((resolved.highpass, resolved.smooth), (0.0, 2.5))
+    config.smooth = -2.0
+    with self.assertRaisesRegex(UserInputError, "config.smooth=-2.0: use a Gaussian sigma"):
       localize.resolve(config, stage1_config)
 
   def test_stride_larger_than_the_window_is_refused(self):
