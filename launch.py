@@ -58,6 +58,13 @@ _MULTIHOST_TIMEOUT = flags.DEFINE_integer(
   300,
   "With --multihost: seconds to wait for the coordinator and for every process to join.",
 )
+_COMPILATION_CACHE = flags.DEFINE_string(
+  "compilation_cache",
+  "",
+  "Directory of JAX's persistent compilation cache: a program compiled once (the same classifier "
+  "step for each fusion and seed of a backbone, a rerun) is loaded instead of compiled again. "
+  "Default: WORKDIR/compilation_cache; 'none' turns it off.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -134,6 +141,9 @@ def main(argv):
   if logging.get_verbosity() < 1:
     logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
   workdir = os.path.abspath(_WORKDIR.value)
+  if _COMPILATION_CACHE.value != "none":
+    cache = _COMPILATION_CACHE.value or os.path.join(workdir, "compilation_cache")
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
   if _MULTIHOST.value:
     try:
       _start_multihost(config, workdir, mode)

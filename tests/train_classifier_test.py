@@ -2,6 +2,7 @@
 without LE and with LE maps from a real :smoke stage 2a workdir."""
 
 import csv
+import functools
 import json
 import os
 import shutil
@@ -67,6 +68,31 @@ class ClassifierTest(helpers.PhantomsTestCase):
     self.assertLess(losses[-1], losses[0])  # Same batch three times: the loss must fall.
     self.assertFalse(helpers.leaves_equal(before, state.params))
     self.assertEqual(int(state.step), 3)
+
+  def test_fused_outside_the_step_every_fusion_compiles_the_same_program(self):
+    # What lets the persistent compilation cache serve `enhance` with `none`'s step (and every
+    # seed's), and fusing outside the step gives the same inputs as fusing inside it.
+    mesh = sharding.make_mesh()
+    rng = np.random.default_rng(0)
+    batch = {
+      "image": rng.uniform(-1, 1, (8, 32, 32, 1)).astype(np.float32),
+      "le": rng.uniform(0, 1, (8, 32, 32, 1)).astype(np.float32),
+      "label": np.arange(8) % 2,
+      "weight": np.ones(8, np.float32),
+    }
+    programs = []
+    for fusion in ("none", "enhance"):
+      config = self.config(fusion=fusion)
+      config.seed = len(programs)  # Another seed: another initial state, the same program.
+      static = tc.ClassifierSetup.from_config(config)
+      state = tc.create_train_state(config, static, jax.random.PRNGKey(config.seed), 32)
+      fed = tc.fused_batch(tc.make_fuse(static, mesh), batch)
+      np.testing.assert_allclose(fed["inputs"], tc.model_inputs(static, batch), atol=1e-6)
+      lowered = jax.jit(functools.partial(tc.train_step, static=static)).lower(
+        state, fed, jax.random.PRNGKey(0)
+      )
+      programs.append(lowered.as_text(debug_info=False))
+    self.assertEqual(programs[0], programs[1])
 
   @parameterized.parameters("none", "enhance", "channels")
   def test_smoke_trains_writes_table2_and_eval_reproduces_validation(self, fusion):
