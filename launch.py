@@ -12,6 +12,7 @@ import time
 
 import jax
 from absl import app, flags, logging
+from jax.experimental.compilation_cache import compilation_cache
 from ml_collections import config_flags
 
 from alenn_jax import (
@@ -107,6 +108,17 @@ def _check_writable(workdir: str) -> None:
     ) from None
 
 
+def _use_compilation_cache(workdir: str) -> None:
+  """Points JAX's persistent compilation cache at --compilation_cache (default W/compilation_cache).
+  Called once the job is agreed and the workdir checked, so a refused start writes nothing; the
+  reset makes it apply even after the programs the start-up compiled."""
+  if _COMPILATION_CACHE.value == "none":
+    return
+  cache = _COMPILATION_CACHE.value or os.path.join(workdir, "compilation_cache")
+  jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
+  compilation_cache.reset_cache()
+
+
 def _user_error(e: UserInputError):
   """One `error:` line and exit status 2; the traceback too with --verbosity=1."""
   if logging.get_verbosity() >= 1:
@@ -141,9 +153,6 @@ def main(argv):
   if logging.get_verbosity() < 1:
     logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
   workdir = os.path.abspath(_WORKDIR.value)
-  if _COMPILATION_CACHE.value != "none":
-    cache = _COMPILATION_CACHE.value or os.path.join(workdir, "compilation_cache")
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
   if _MULTIHOST.value:
     try:
       _start_multihost(config, workdir, mode)
@@ -164,6 +173,7 @@ def main(argv):
   try:
     if jax.process_index() == 0:
       _check_writable(workdir)
+    _use_compilation_cache(workdir)
     modes[mode](config, workdir)
   except UserInputError as e:
     _user_error(e)
