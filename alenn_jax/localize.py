@@ -157,38 +157,25 @@ def difference_map(
   """
   if method not in METHODS:
     raise ValueError(f"method={method!r}; use one of {', '.join(METHODS)}.")
+  same = dict(
+    inpaint_fn=inpaint_fn,
+    window=window,
+    stride=stride,
+    chunk=chunk,
+    method=method,
+    gap=gap,
+    context=context,
+    highpass=highpass,
+  )
   if pad:
     _, h, w, _ = images.shape
     widths = ((0, 0), (pad, pad), (pad, pad), (0, 0))
-    d = difference_map(
-      params,
-      jnp.pad(images, widths, mode="reflect"),
-      jnp.pad(structure, widths, mode="reflect"),
-      inpaint_fn=inpaint_fn,
-      window=window,
-      stride=stride,
-      chunk=chunk,
-      method=method,
-      gap=gap,
-      context=context,
-      highpass=highpass,
-      smooth=smooth,  # On the reflected canvas, so the border is blurred with real neighbours.
-    )
+    padded = (jnp.pad(images, widths, mode="reflect"), jnp.pad(structure, widths, mode="reflect"))
+    # Blurred on the reflected canvas, so the border is blurred with real neighbours.
+    d = difference_map(params, *padded, **same, smooth=smooth)
     return d[:, pad : pad + h, pad : pad + w]
   if smooth:
-    d = difference_map(
-      params,
-      images,
-      structure,
-      inpaint_fn=inpaint_fn,
-      window=window,
-      stride=stride,
-      chunk=chunk,
-      method=method,
-      gap=gap,
-      context=context,
-      highpass=highpass,
-    )
+    d = difference_map(params, images, structure, **same)
     return gaussian_blur(d, smooth, mode="symmetric")
   _, h, w, _ = images.shape
   positions = masks_lib.window_positions(h, w, window, stride)
@@ -216,18 +203,12 @@ def difference_map(
 
 
 def gaussian_blur(x, sigma: float, mode: str = "constant"):
-  """`[N, H, W, C]` blurred by a Gaussian of `sigma` px (radius int(3 sigma + 0.5), as scipy's
-  `gaussian_filter`), separably; the border extended by `jnp.pad`'s `mode` ("constant": zeros)."""
+  """`[N, H, W, C]` blurred by a Gaussian of `sigma` px truncated as scipy's `gaussian_filter`
+  (radius int(3 sigma + 0.5); `rtv.gaussian_blur` truncates as MATLAB's fspecial), the border
+  extended by `jnp.pad`'s `mode` ("constant": zeros)."""
   radius = int(3.0 * sigma + 0.5)
   taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-  taps = jnp.asarray(taps / taps.sum(), x.dtype)
-  widths = ((0, 0), (radius, radius), (radius, radius), (0, 0))
-  x = jnp.pad(x, widths, mode=mode)
-  n, h, w, c = x.shape
-  flat = jnp.moveaxis(x, 3, 1).reshape(n * c, 1, h, w)
-  for kernel in (taps.reshape(1, 1, -1, 1), taps.reshape(1, 1, 1, -1)):
-    flat = jax.lax.conv_general_dilated(flat, kernel, (1, 1), "VALID")
-  return jnp.moveaxis(flat.reshape(n, c, *flat.shape[2:]), 1, 3)
+  return rtv.separable_filter(x, taps / taps.sum(), mode)
 
 
 def hole_difference(images, composite, mask, highpass: float = 0.0):
@@ -237,7 +218,7 @@ def hole_difference(images, composite, mask, highpass: float = 0.0):
   hole = 1.0 - mask
   r = (images - composite) * hole
   if highpass:
-    weight = gaussian_blur(hole, highpass)
+    weight = gaussian_blur(hole[:1], highpass)  # The same hole for every image of the batch.
     r = (r - gaussian_blur(r, highpass) / jnp.maximum(weight, 1e-6)) * hole
   return jnp.abs(r) / 2.0
 

@@ -101,23 +101,29 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
   return kernel / kernel.sum()
 
 
-def _correlate_axis(x: jax.Array, kernel: np.ndarray, axis: int) -> jax.Array:
-  """'same' filtering of `x` along `axis` with zero padding (kernel is symmetric)."""
+def _correlate_axis(x: jax.Array, kernel: np.ndarray, axis: int, mode: str) -> jax.Array:
+  """'same' filtering of `x` along `axis` (kernel is symmetric), the border extended by
+  `jnp.pad`'s `mode`."""
   radius = len(kernel) // 2
   length = x.shape[axis]
   pad = [(0, 0)] * x.ndim
   pad[axis] = (radius, radius)
-  padded = jnp.pad(x, pad)
+  padded = jnp.pad(x, pad, mode=mode)
   out = jnp.zeros_like(x)
   for i, weight in enumerate(kernel):
     out = out + weight * jax.lax.slice_in_dim(padded, i, i + length, axis=axis)
   return out
 
 
+def separable_filter(x: jax.Array, kernel: np.ndarray, mode: str = "constant") -> jax.Array:
+  """'same' filtering of `[B, H, W, C]` images along W, then H, with the symmetric 1-D `kernel`;
+  the border extended by `jnp.pad`'s `mode` ("constant": zeros)."""
+  return _correlate_axis(_correlate_axis(x, kernel, 2, mode), kernel, 1, mode)
+
+
 def gaussian_blur(x: jax.Array, sigma: float) -> jax.Array:
   """Separable Gaussian blur of `[B, H, W, C]` images, zero padded, as the reference's lpfilter."""
-  kernel = gaussian_kernel(sigma)
-  return _correlate_axis(_correlate_axis(x, kernel, axis=2), kernel, axis=1)
+  return separable_filter(x, gaussian_kernel(sigma))
 
 
 def diff_x(x: jax.Array) -> jax.Array:

@@ -277,9 +277,9 @@ def class_weights(config) -> tuple[float, float]:
 
 
 def make_predict_step(static: ClassifierSetup, mesh):
-  """The jitted `(params, batch_stats, batch) -> (P(abnormal), label, weight)`, built once per run
-  so that every evaluation reuses its compilation. Outputs are replicated, so every process reads
-  the whole batch (several hosts)."""
+  """`(params, batch_stats, batch) -> (P(abnormal), label, weight)`: the fusion (`make_fuse`),
+  then the scoring, each jitted once per run so that every evaluation reuses its compilation.
+  Outputs are replicated, so every process reads the whole batch (several hosts)."""
 
   fuse = make_fuse(static, mesh)
 
