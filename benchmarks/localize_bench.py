@@ -2,6 +2,7 @@
 
   python -m benchmarks.localize_bench [--sizes 128 256] [--models small] [--images 4]
       [--stage1_workdir W]      # a trained stage 1 (its own model size) instead of random weights
+      [--score job|paper]       # D as the localize job scores it (default) or the paper's |I - I_k|
 
 For each image size, model and method (`per_window`, `multi_window` with gap = window, `context`
 with a crop of 4 windows), one jitted `difference_map` call maps a batch of abnormal phantoms. It
@@ -13,6 +14,10 @@ With random weights the agreement measures only the mechanics; give a trained ge
 meaningful agreement. Window 16 / stride 8 at 128 px and 32 / 16 at 256 px (the `full` configs').
 Then the time to map MURA elbow (5,396 images) at 224 px (window 32 / stride 16) is projected from
 each method's measured maps/s at 256 px. The last line is the summary.
+
+`--score job` scores D as the localize job does by default (configs/localize.py): a reflected
+border of one stride, the high-pass of window / 8 and the blur of window / 16; `--score paper`
+turns all three off (|I - I_k| over the bare image).
 """
 
 import argparse
@@ -65,14 +70,15 @@ def method_args(method: str, window: int) -> dict:
   return {}
 
 
-def passes(method: str, size: int, window: int, stride: int) -> tuple[int, int]:
-  """(passes per map, side of each pass's input)."""
-  k = len(masks_lib.window_positions(size, size, window, stride))
+def passes(method: str, size: int, window: int, stride: int, pad: int) -> tuple[int, int]:
+  """(passes per map, side of each pass's input) on the canvas of the image and its border."""
+  side = size + 2 * pad
+  k = len(masks_lib.window_positions(side, side, window, stride))
   if method == "multi_window":
-    return len(masks_lib.window_groups(size, size, window, stride, window)), size
+    return len(masks_lib.window_groups(side, side, window, stride, window)), side
   if method == "context":
-    return k, min(4 * window, size)
-  return k, size
+    return k, min(4 * window, side)
+  return k, side
 
 
 def pass_flops(inpaint, params, side: int, batch: int) -> float:
@@ -83,7 +89,14 @@ def pass_flops(inpaint, params, side: int, batch: int) -> float:
   return float(analysis["flops"])
 
 
-def run_case(gen, size: int, count: int, chunk: int, repeats: int) -> dict:
+def score_args(score: str, window: int, stride: int) -> dict:
+  """The localize job's default score (its config's -1s resolved) or the paper's."""
+  if score == "paper":
+    return {}
+  return {"pad": stride, "highpass": window / 8, "smooth": window / 16}
+
+
+def run_case(gen, size: int, count: int, chunk: int, repeats: int, score: str) -> dict:
   gen_s, gen_t, params, rtv_params, _ = gen
   window, stride = (16, 8) if size <= 128 else (32, 16)
   images, lesions = phantoms(size, count)
@@ -103,6 +116,7 @@ def run_case(gen, size: int, count: int, chunk: int, repeats: int) -> dict:
         chunk=chunk,
         method=method,
         **method_args(method, window),
+        **score_args(score, window, stride),
       )
     )
     d = np.asarray(fn(params, images, structure))[..., 0]  # Compiles.
@@ -110,7 +124,7 @@ def run_case(gen, size: int, count: int, chunk: int, repeats: int) -> dict:
     for _ in range(repeats):
       fn(params, images, structure).block_until_ready()
     seconds = (time.perf_counter() - t0) / repeats / count
-    n, side = passes(method, size, window, stride)
+    n, side = passes(method, size, window, stride, score_args(score, window, stride).get("pad", 0))
     if side not in flops_at:
       flops_at[side] = pass_flops(inpaint, params, side, 1)
     out[method] = {
@@ -133,8 +147,11 @@ def main():
   parser.add_argument("--chunk", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=1)
   parser.add_argument("--stage1_workdir", default=None)
+  parser.add_argument("--score", choices=("job", "paper"), default="job")
   args = parser.parse_args()
-  print(f"machine: {machine_description()}\n")
+  print(f"machine: {machine_description()}")
+  at256 = score_args(args.score, 32, 16) or {"pad": 0, "highpass": 0, "smooth": 0}
+  print(f"score: {args.score} ({', '.join(f'{k} {v:g}' for k, v in at256.items())} at 256 px)\n")
   print(
     "| generator | image | window/stride | method | passes per map | pass side | s per map | "
     "GFLOP per map | wall vs per_window | FLOPs vs per_window | Pearson r | pixel AUROC | "
@@ -147,7 +164,7 @@ def main():
   for model in models:
     gen = generator(model, args.stage1_workdir)
     for size in args.sizes:
-      results = run_case(gen, size, args.images, args.chunk, args.repeats)
+      results = run_case(gen, size, args.images, args.chunk, args.repeats, args.score)
       base = results["per_window"]
       for method, r in results.items():
         pearson = float(np.corrcoef(r["d"].ravel(), base["d"].ravel())[0, 1])
@@ -163,12 +180,13 @@ def main():
       if size == max(args.sizes):
         fastest = max((m for m in results if m != "per_window"), key=lambda m: results[m]["wall_x"])
         summary = (fastest, results[fastest])
-        k224 = {m: passes(m, 224, 32, 16)[0] for m in METHODS}
+        pad = score_args(args.score, 32, 16).get("pad", 0)
+        k224 = {m: passes(m, 224, 32, 16, pad) for m in METHODS}
         k256 = {m: results[m]["passes"] for m in METHODS}
         for method in METHODS:
           # Seconds per map scale with passes and pixels per pass from 256 to 224 px.
-          side224 = min(4 * 32, 224) if method == "context" else 224
-          scale = k224[method] / k256[method] * (side224 / results[method]["side"]) ** 2
+          n224, side224 = k224[method]
+          scale = n224 / k256[method] * (side224 / results[method]["side"]) ** 2
           hours = MURA_ELBOW_IMAGES * results[method]["seconds"] * scale / 3600
           projections.append((gen[4], method, hours))
   print("\nProjection: MURA elbow, 5,396 images at 224 px, window 32 / stride 16")
