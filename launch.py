@@ -64,7 +64,8 @@ _COMPILATION_CACHE = flags.DEFINE_string(
   "",
   "Directory of JAX's persistent compilation cache: a program compiled once (the same classifier "
   "step for each fusion and seed of a backbone, a rerun) is loaded instead of compiled again. "
-  "Default: WORKDIR/compilation_cache; 'none' turns it off.",
+  "Default: $JAX_COMPILATION_CACHE_DIR where it is set, else WORKDIR/compilation_cache; 'none' "
+  "turns it off.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -109,11 +110,16 @@ def _check_writable(workdir: str) -> None:
 
 
 def _use_compilation_cache(workdir: str) -> None:
-  """Points JAX's persistent compilation cache at --compilation_cache (default W/compilation_cache).
-  Called once the job is agreed and the workdir checked, so a refused start writes nothing; the
-  reset makes it apply even after the programs the start-up compiled."""
+  """Points JAX's persistent compilation cache at --compilation_cache (default: the cache
+  $JAX_COMPILATION_CACHE_DIR already names, e.g. one shared by several jobs, else
+  W/compilation_cache). Called once the job is agreed and the workdir checked, so a refused start
+  writes nothing; the reset makes it apply even after the programs the start-up compiled."""
   if _COMPILATION_CACHE.value == "none":
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
     return
+  if not _COMPILATION_CACHE.value and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return  # JAX read it at import: in use from the first compilation.
   cache = _COMPILATION_CACHE.value or os.path.join(workdir, "compilation_cache")
   jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
   compilation_cache.reset_cache()

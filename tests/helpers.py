@@ -38,13 +38,15 @@ class PhantomsTestCase(parameterized.TestCase):
 
 
 def launch(*args, env=None):
-  """`python launch.py ARGS` in the repository, on the CPU; returns the CompletedProcess."""
+  """`python launch.py ARGS` in the repository, on the CPU; returns the CompletedProcess. `env`
+  adds variables to this process's (a value of None removes one)."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
   return subprocess.run(
     [sys.executable, "launch.py", *args],
     capture_output=True,
     text=True,
     cwd=REPO,
-    env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})},
+    env={k: v for k, v in env.items() if v is not None},
     check=False,
   )
 
