@@ -191,12 +191,12 @@ def difference_map(
     holes = np.stack([masks_lib.hole_masks(h, w, window, positions[g]) for g in groups])
   (holes,) = _chunked([holes], chunk, [1.0])  # Padding passes hide nothing, so add nothing.
 
-  def one_pass(mask):
-    mask = jnp.broadcast_to(mask[None], images.shape)
-    return hole_difference(images, inpaint_fn(params, images, structure, mask), mask, highpass)
-
-  def body(total, mask_chunk):
-    return total + jax.vmap(one_pass)(mask_chunk).sum(axis=0), None
+  def body(total, mask_chunk):  # [n, H, W, 1]: n passes, each over the whole batch.
+    n = mask_chunk.shape[0]
+    masks = jnp.broadcast_to(mask_chunk[None], (len(images), *mask_chunk.shape))
+    composite = inpaint_fn(params, *_by_image(n, images, structure), _merge(masks))
+    diff = hole_difference(images[:, None], _split(composite, n), mask_chunk[None], highpass)
+    return total + diff.sum(axis=1), None
 
   total, _ = jax.lax.scan(body, jnp.zeros_like(images), holes)
   return total / jnp.asarray(coverage)
@@ -211,15 +211,41 @@ def gaussian_blur(x, sigma: float, mode: str = "constant"):
   return rtv.separable_filter(x, taps / taps.sum(), mode)
 
 
+def _merge(x):
+  """`[B, n, ...]` -> `[B * n, ...]`, image-major: the batch axis, the one sharded over devices,
+  stays the outer one, so each device keeps its own images' passes. (`jax.vmap` over passes
+  would put the pass axis outside instead, and every pass would gather the batch across devices;
+  on emulated CPU devices that made maps 5x slower and could hang.)"""
+  return x.reshape((-1, *x.shape[2:]))
+
+
+def _split(x, n: int):
+  """`[B * n, ...]` -> `[B, n, ...]`, the inverse of `_merge`."""
+  return x.reshape((-1, n, *x.shape[1:]))
+
+
+def _by_image(n: int, *arrays):
+  """Each `[B, ...]` array repeated for `n` passes as `[B * n, ...]` (image-major, `_merge`)."""
+  return [_merge(jnp.broadcast_to(a[:, None], (a.shape[0], n, *a.shape[1:]))) for a in arrays]
+
+
+def _blur_last3(x, sigma: float):
+  """`gaussian_blur` of `[..., H, W, C]`, any leading axes."""
+  y = gaussian_blur(x.reshape((-1, *x.shape[-3:])), sigma)
+  return y.reshape(x.shape)
+
+
 def hole_difference(images, composite, mask, highpass: float = 0.0):
   """What one pass contributes, inside its hole (mask 0) and zero elsewhere, in [0, 1]: |r| / 2,
   r = images - composite, or with `highpass` = sigma > 0, |r - m| / 2 with m the Gaussian mean of r
-  over the hole's pixels (`difference_map`)."""
+  over the hole's pixels (`difference_map`). Arrays are `[..., H, W, C]` and broadcast: `mask`
+  without the batch axis (e.g. `[1, n, H, W, 1]` for n passes), so each hole's normalising weight is
+  computed once, not once per image."""
   hole = 1.0 - mask
   r = (images - composite) * hole
   if highpass:
-    weight = gaussian_blur(hole[:1], highpass)  # The same hole for every image of the batch.
-    r = (r - gaussian_blur(r, highpass) / jnp.maximum(weight, 1e-6)) * hole
+    weight = _blur_last3(hole, highpass)
+    r = (r - _blur_last3(r, highpass) / jnp.maximum(weight, 1e-6)) * hole
   return jnp.abs(r) / 2.0
 
 
@@ -240,16 +266,21 @@ def _context_sum(
   )  # [K, ch, cw, 1]: each window's hole inside its crop.
   offsets, local = _chunked([offsets, local], chunk, [0, 1.0])
 
-  def one_window(offset, mask):
-    start = (0, offset[0], offset[1], 0)
-    crop = jax.lax.dynamic_slice(images, start, (b, ch, cw, c))
-    crop_structure = jax.lax.dynamic_slice(structure, start, (b, ch, cw, c))
-    mask = jnp.broadcast_to(mask[None], crop.shape)
-    diff = hole_difference(crop, inpaint_fn(params, crop, crop_structure, mask), mask, highpass)
-    return jax.lax.dynamic_update_slice(jnp.zeros_like(images), diff, start)
+  def crops(x, offsets):  # [B, H, W, c] -> [B, n, ch, cw, c]: each image's n crops.
+    one = lambda o: jax.lax.dynamic_slice(x, (0, o[0], o[1], 0), (b, ch, cw, c))
+    return jnp.swapaxes(jax.vmap(one)(offsets), 0, 1)
 
-  def body(total, chunk_args):
-    return total + jax.vmap(one_window)(*chunk_args).sum(axis=0), None
+  def place(diff, offset):  # [B, ch, cw, c] at `offset` of a zero `[B, H, W, c]`.
+    return jax.lax.dynamic_update_slice(jnp.zeros_like(images), diff, (0, offset[0], offset[1], 0))
+
+  def body(total, chunk_args):  # n windows, each over the whole batch (image-major, `_merge`).
+    offsets, mask_chunk = chunk_args
+    n = len(offsets)
+    crop, crop_structure = crops(images, offsets), crops(structure, offsets)
+    masks = jnp.broadcast_to(mask_chunk[None], (b, *mask_chunk.shape))
+    composite = inpaint_fn(params, _merge(crop), _merge(crop_structure), _merge(masks))
+    diff = hole_difference(crop, _split(composite, n), mask_chunk[None], highpass)
+    return total + jax.vmap(place)(jnp.swapaxes(diff, 0, 1), offsets).sum(axis=0), None
 
   total, _ = jax.lax.scan(body, jnp.zeros_like(images), (offsets, local))
   return total
