@@ -193,8 +193,8 @@ def difference_map(
 
   def body(total, mask_chunk):  # [n, H, W, 1]: n passes, each over the whole batch.
     n = mask_chunk.shape[0]
-    masks = jnp.broadcast_to(mask_chunk[None], (len(images), *mask_chunk.shape))
-    composite = inpaint_fn(params, *_by_image(n, images, structure), _merge(masks))
+    masks = _same_for_each_image(len(images), mask_chunk)
+    composite = inpaint_fn(params, *_by_image(n, images, structure), masks)
     diff = hole_difference(images[:, None], _split(composite, n), mask_chunk[None], highpass)
     return total + diff.sum(axis=1), None
 
@@ -203,7 +203,7 @@ def difference_map(
 
 
 def gaussian_blur(x, sigma: float, mode: str = "constant"):
-  """`[N, H, W, C]` blurred by a Gaussian of `sigma` px truncated as scipy's `gaussian_filter`
+  """`[..., H, W, C]` blurred by a Gaussian of `sigma` px truncated as scipy's `gaussian_filter`
   (radius int(3 sigma + 0.5); `rtv.gaussian_blur` truncates as MATLAB's fspecial), the border
   extended by `jnp.pad`'s `mode` ("constant": zeros)."""
   radius = int(3.0 * sigma + 0.5)
@@ -229,10 +229,10 @@ def _by_image(n: int, *arrays):
   return [_merge(jnp.broadcast_to(a[:, None], (a.shape[0], n, *a.shape[1:]))) for a in arrays]
 
 
-def _blur_last3(x, sigma: float):
-  """`gaussian_blur` of `[..., H, W, C]`, any leading axes."""
-  y = gaussian_blur(x.reshape((-1, *x.shape[-3:])), sigma)
-  return y.reshape(x.shape)
+def _same_for_each_image(b: int, masks):
+  """`[n, ...]` masks of n passes, the same for each of `b` images, as `[b * n, ...]` (image-major,
+  `_merge`)."""
+  return _merge(jnp.broadcast_to(masks[None], (b, *masks.shape)))
 
 
 def hole_difference(images, composite, mask, highpass: float = 0.0):
@@ -244,8 +244,8 @@ def hole_difference(images, composite, mask, highpass: float = 0.0):
   hole = 1.0 - mask
   r = (images - composite) * hole
   if highpass:
-    weight = _blur_last3(hole, highpass)
-    r = (r - _blur_last3(r, highpass) / jnp.maximum(weight, 1e-6)) * hole
+    weight = gaussian_blur(hole, highpass)
+    r = (r - gaussian_blur(r, highpass) / jnp.maximum(weight, 1e-6)) * hole
   return jnp.abs(r) / 2.0
 
 
@@ -277,8 +277,8 @@ def _context_sum(
     offsets, mask_chunk = chunk_args
     n = len(offsets)
     crop, crop_structure = crops(images, offsets), crops(structure, offsets)
-    masks = jnp.broadcast_to(mask_chunk[None], (b, *mask_chunk.shape))
-    composite = inpaint_fn(params, _merge(crop), _merge(crop_structure), _merge(masks))
+    masks = _same_for_each_image(b, mask_chunk)
+    composite = inpaint_fn(params, _merge(crop), _merge(crop_structure), masks)
     diff = hole_difference(crop, _split(composite, n), mask_chunk[None], highpass)
     return total + jax.vmap(place)(jnp.swapaxes(diff, 0, 1), offsets).sum(axis=0), None
 

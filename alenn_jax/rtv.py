@@ -104,6 +104,7 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 def _correlate_axis(x: jax.Array, kernel: np.ndarray, axis: int, mode: str) -> jax.Array:
   """'same' filtering of `x` along `axis` (kernel is symmetric), the border extended by
   `jnp.pad`'s `mode`."""
+  axis = axis % x.ndim
   radius = len(kernel) // 2
   length = x.shape[axis]
   pad = [(0, 0)] * x.ndim
@@ -116,9 +117,9 @@ def _correlate_axis(x: jax.Array, kernel: np.ndarray, axis: int, mode: str) -> j
 
 
 def separable_filter(x: jax.Array, kernel: np.ndarray, mode: str = "constant") -> jax.Array:
-  """'same' filtering of `[B, H, W, C]` images along W, then H, with the symmetric 1-D `kernel`;
-  the border extended by `jnp.pad`'s `mode` ("constant": zeros)."""
-  return _correlate_axis(_correlate_axis(x, kernel, 2, mode), kernel, 1, mode)
+  """'same' filtering of `[..., H, W, C]` images (any leading axes) along W, then H, with the
+  symmetric 1-D `kernel`; the border extended by `jnp.pad`'s `mode` ("constant": zeros)."""
+  return _correlate_axis(_correlate_axis(x, kernel, -2, mode), kernel, -3, mode)
 
 
 def gaussian_blur(x: jax.Array, sigma: float) -> jax.Array:

@@ -99,6 +99,7 @@ def score_args(score: str, window: int, stride: int) -> dict:
 def run_case(gen, size: int, count: int, chunk: int, repeats: int, score: str) -> dict:
   gen_s, gen_t, params, rtv_params, _ = gen
   window, stride = (16, 8) if size <= 128 else (32, 16)
+  scoring = score_args(score, window, stride)
   images, lesions = phantoms(size, count)
   structure = jax.jit(lambda x: rtv.structure_of(x, rtv_params))(images)
   inpaint = localize.stage1_inpaint_fn(gen_s, gen_t)
@@ -116,7 +117,7 @@ def run_case(gen, size: int, count: int, chunk: int, repeats: int, score: str) -
         chunk=chunk,
         method=method,
         **method_args(method, window),
-        **score_args(score, window, stride),
+        **scoring,
       )
     )
     d = np.asarray(fn(params, images, structure))[..., 0]  # Compiles.
@@ -124,7 +125,7 @@ def run_case(gen, size: int, count: int, chunk: int, repeats: int, score: str) -
     for _ in range(repeats):
       fn(params, images, structure).block_until_ready()
     seconds = (time.perf_counter() - t0) / repeats / count
-    n, side = passes(method, size, window, stride, score_args(score, window, stride).get("pad", 0))
+    n, side = passes(method, size, window, stride, scoring.get("pad", 0))
     if side not in flops_at:
       flops_at[side] = pass_flops(inpaint, params, side, 1)
     out[method] = {
@@ -150,8 +151,9 @@ def main():
   parser.add_argument("--score", choices=("job", "paper"), default="job")
   args = parser.parse_args()
   print(f"machine: {machine_description()}")
-  at256 = score_args(args.score, 32, 16) or {"pad": 0, "highpass": 0, "smooth": 0}
-  print(f"score: {args.score} ({', '.join(f'{k} {v:g}' for k, v in at256.items())} at 256 px)\n")
+  at256 = score_args(args.score, 32, 16)
+  shown = at256 or {"pad": 0, "highpass": 0, "smooth": 0}
+  print(f"score: {args.score} ({', '.join(f'{k} {v:g}' for k, v in shown.items())} at 256 px)\n")
   print(
     "| generator | image | window/stride | method | passes per map | pass side | s per map | "
     "GFLOP per map | wall vs per_window | FLOPs vs per_window | Pearson r | pixel AUROC | "
@@ -180,8 +182,7 @@ def main():
       if size == max(args.sizes):
         fastest = max((m for m in results if m != "per_window"), key=lambda m: results[m]["wall_x"])
         summary = (fastest, results[fastest])
-        pad = score_args(args.score, 32, 16).get("pad", 0)
-        k224 = {m: passes(m, 224, 32, 16, pad) for m in METHODS}
+        k224 = {m: passes(m, 224, 32, 16, at256.get("pad", 0)) for m in METHODS}
         k256 = {m: results[m]["passes"] for m in METHODS}
         for method in METHODS:
           # Seconds per map scale with passes and pixels per pass from 256 to 224 px.

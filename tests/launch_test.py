@@ -22,7 +22,7 @@ class LaunchTest(absltest.TestCase):
     self.assertIn("images: 2 at 64x64", summary)
     self.assertIn("CG iterations", summary)
 
-  def test_compilation_cache_in_the_workdir_unless_the_environment_names_one(self):
+  def test_compilation_cache_in_the_workdir_unless_the_environment_names_one_none_is_off(self):
     workdir = self.create_tempdir().full_path
     args = ("--config=configs/rtv_demo.py:smoke", f"--workdir={workdir}")
     result = helpers.launch(*args, env={"JAX_COMPILATION_CACHE_DIR": None})
@@ -33,6 +33,16 @@ class LaunchTest(absltest.TestCase):
     result = helpers.launch(*args, env={"JAX_COMPILATION_CACHE_DIR": shared})
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     self.assertNotEmpty(os.listdir(shared))
+    self.assertFalse(os.path.exists(os.path.join(workdir, "compilation_cache")))
+    shared, workdir = self.create_tempdir().full_path, self.create_tempdir().full_path
+    args = (
+      "--config=configs/rtv_demo.py:smoke",
+      f"--workdir={workdir}",
+      "--compilation_cache=none",
+    )
+    result = helpers.launch(*args, env={"JAX_COMPILATION_CACHE_DIR": shared})
+    self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+    self.assertEmpty(os.listdir(shared))  # `none` turns off the environment's cache too.
     self.assertFalse(os.path.exists(os.path.join(workdir, "compilation_cache")))
 
   def test_unknown_trainer_lists_valid_ones(self):
