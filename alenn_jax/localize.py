@@ -48,6 +48,7 @@ from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting
 
 METHODS = ("per_window", "multi_window", "context")
+LETTERBOX = ("reflect", "zero")  # How the bars around a non-square image are filled for the maps.
 # Fields whose change makes stored maps stale: refused, or moved aside with force_restart
 # (checkpointing.check_config). The generator is named by its workdir and checkpoint step.
 MAP_FIELDS = (
@@ -58,6 +59,7 @@ MAP_FIELDS = (
   "gap",
   "context",
   "pad",
+  "letterbox",
   "highpass",
   "smooth",
   "data.name",
@@ -202,6 +204,33 @@ def difference_map(
   return total / jnp.asarray(coverage)
 
 
+def _reflected_index(i, start, length):
+  """Positions `i` (any integers) reflected into `[start, start + length)` about its edges, the
+  edge pixel not repeated (numpy's and `jnp.pad`'s "reflect", repeated for any distance)."""
+  period = jnp.maximum(2 * (length - 1), 1)
+  j = jnp.mod(i - start, period)
+  j = jnp.where(j >= length, period - j, j)
+  return start + jnp.where(length > 1, j, 0)
+
+
+def reflect_into_letterbox(images, boxes):
+  """`[B, S, S, C]` letterboxed images with the bars around each image's extent (`boxes` `[B, 4]`:
+  top, left, height, width) filled by reflecting the image about its own edges, as `jnp.pad`'s
+  "reflect" would extend the extent alone; the extent itself is unchanged.
+
+  An image that is not square meets its letterbox bars inside the canvas, where the reflected
+  border of `difference_map`'s `pad` never reaches: a window there is repainted against a black
+  bar, and D of such edges was the maximum of most FracAtlas maps (BENCHMARKS.md)."""
+  _, height, width, _ = images.shape
+
+  def one(image, box):
+    rows = _reflected_index(jnp.arange(height), box[0], box[2])
+    cols = _reflected_index(jnp.arange(width), box[1], box[3])
+    return image[rows][:, cols]
+
+  return jax.vmap(one)(images, jnp.asarray(boxes, jnp.int32))
+
+
 def gaussian_blur(x, sigma: float, mode: str = "constant"):
   """`[..., H, W, C]` blurred by a Gaussian of `sigma` px truncated as scipy's `gaussian_filter`
   (radius int(3 sigma + 0.5); `rtv.gaussian_blur` truncates as MATLAB's fspecial), the border
@@ -334,6 +363,11 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
       f"({config.data.image_size} px) and a multiple of {half} (so the padded "
       f"image stays a multiple of 2**model.depth = {factor}); use -1 (the stride) or 0 (none)."
     )
+  if config.letterbox not in LETTERBOX:
+    raise UserInputError(
+      f"config.letterbox={config.letterbox!r}: use one of {', '.join(LETTERBOX)} (how the bars "
+      "around a non-square image are filled before its windows are repainted)."
+    )
   if config.method == "context" and (config.context < config.window + 2 or config.context % factor):
     raise UserInputError(
       f"config.context={config.context}: the crop a window is repainted from must be at least "
@@ -363,10 +397,15 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
 
 
 def make_map_step(config, generator: checkpointing.TrainedGenerator):
-  """The jitted `(params, images) -> D`, built once per run."""
+  """The jitted `(params, images, boxes) -> D`, built once per run (`boxes`: each image's
+  `valid_box` in its letterboxed square)."""
   inpaint_fn = stage1_inpaint_fn(generator.gen_s, generator.gen_t)
+  # Maps stored before the field saw the letterbox bars as stage 1 does (zeros).
+  letterbox = config.get("letterbox", "zero")
 
-  def step(params, images):
+  def step(params, images, boxes):
+    if letterbox == "reflect":
+      images = reflect_into_letterbox(images, boxes)
     structure = rtv.structure_of(images, generator.rtv)
     return difference_map(
       params,
@@ -435,7 +474,8 @@ def map_shards(config, step, params_of, mesh, workdir: str, shards, indices) -> 
       ids, maps = [], []
       for _ in range(-(-(shard.stop - shard.start) // local_batch)):
         batch = next(iterator)
-        d = np.asarray(jax.device_get(step(params_of(shard.fold), batch["image"])))[..., 0]
+        d = step(params_of(shard.fold), batch["image"], batch["valid_box"])
+        d = np.asarray(jax.device_get(d))[..., 0]
         boxes = np.asarray(batch["valid_box"])
         for i, weight in enumerate(np.asarray(batch["weight"])):
           if weight > 0:

@@ -333,10 +333,12 @@ class _Predictor:
       stack.append(square.astype(np.float32) / 255.0 * 2.0 - 1.0)
       boxes.append(box)
     stack += [stack[0]] * (self.batch_size - len(stack))
+    boxes += [boxes[0]] * (self.batch_size - len(boxes))
     images = self._global(np.stack(stack)[..., None])
-    d = np.asarray(jax.device_get(self.map_step(self.models.generator.params, images)))[..., 0]
+    d = self.map_step(self.models.generator.params, images, self._global(np.asarray(boxes)))
+    d = np.asarray(jax.device_get(d))[..., 0]
     out = []
-    for i, (top, left, h, w) in enumerate(boxes):
+    for i, (top, left, h, w) in enumerate(boxes[: len(pictures)]):
       # float16, as stored: the classifiers were trained on maps rounded so.
       out.append(d[i, top : top + h, left : left + w].astype(np.float16).astype(np.float32))
     return out

@@ -42,6 +42,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # border pixels get as many windows as inner ones, border windows context on all sides.
   # -1: the stride (rounded up to a multiple of 2**(model.depth - 1)); 0: none (the paper).
   config.pad = -1
+  # The letterbox bars around a non-square image, before its windows are repainted: "reflect"
+  # fills them with the image reflected about its own edges, so a window at an edge that meets a
+  # bar (inside the canvas, where `pad` does not reach) also has context on every side; "zero"
+  # leaves them black, as stage 1 and the classifiers see them. Square images are the same either
+  # way. On FracAtlas hand: pixel AUROC 0.828 -> 0.844 on test (BENCHMARKS.md).
+  config.letterbox = "reflect"
   # Each window scores |r - m| instead of the paper's |r| = |I - I_k|, m the local mean of r inside
   # the hole (a Gaussian of sigma `highpass` px): a repainting that gets a region's brightness
   # wrong but not its content scores nothing. D is then blurred with a Gaussian of sigma `smooth`

@@ -159,6 +159,20 @@ class DifferenceMapTest(parameterized.TestCase):
     np.testing.assert_array_equal((1 - holes).sum(axis=0)[pad:-pad, pad:-pad], 4)
     self.assertEqual((1 - masks_lib.window_masks(16, 16, window, stride)).sum(axis=0).min(), 1)
 
+  def test_letterbox_bars_are_filled_by_reflecting_each_image_about_its_own_extent(self):
+    rng = np.random.default_rng(1)
+    images = rng.uniform(-1, 1, (4, 12, 12, 1)).astype(np.float32)
+    # Landscape, portrait, the whole square, and a thin one reflected many times over.
+    boxes = np.array([[2, 0, 8, 12], [0, 3, 12, 5], [0, 0, 12, 12], [5, 4, 2, 3]], np.int32)
+    got = np.asarray(jax.jit(localize.reflect_into_letterbox)(images, boxes))
+    for image, (top, left, h, w), filled in zip(images, boxes, got, strict=True):
+      extent = image[top : top + h, left : left + w]
+      widths = ((top, 12 - top - h), (left, 12 - left - w), (0, 0))
+      np.testing.assert_array_equal(filled, np.pad(extent, widths, mode="reflect"))
+    np.testing.assert_array_equal(got[2], images[2])  # A square image is left as it is.
+    one_row = np.asarray(localize.reflect_into_letterbox(images[:1], np.array([[6, 0, 1, 12]])))
+    np.testing.assert_array_equal(one_row[0], np.broadcast_to(images[0, 6], (12, 12, 1)))
+
   def test_identity_inpainting_gives_zero(self):
     identity = lambda p, images, s, m: images
     np.testing.assert_array_equal(self.run_map(chunk=4, inpaint_fn=identity), 0.0)
@@ -344,6 +358,14 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     factor = 2**stage1_config.model.depth
     config.pad = factor // 2 + 1
     with self.assertRaisesRegex(UserInputError, f"config.pad={factor // 2 + 1}: the reflected"):
+      localize.resolve(config, stage1_config)
+
+  def test_letterbox_fill_defaults_to_reflect_and_an_unknown_one_is_refused(self):
+    stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
+    config = self.config()
+    self.assertEqual(localize.resolve(config, stage1_config).letterbox, "reflect")
+    config.letterbox = "mirror"
+    with self.assertRaisesRegex(UserInputError, "config.letterbox='mirror': use one of reflect"):
       localize.resolve(config, stage1_config)
 
   def test_highpass_and_smooth_default_to_fractions_of_the_window(self):
