@@ -397,15 +397,15 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
 
 
 def make_map_step(config, generator: checkpointing.TrainedGenerator):
-  """The jitted `(params, images, boxes) -> D`, built once per run (`boxes`: each image's
-  `valid_box` in its letterboxed square)."""
+  """`(params, images, boxes) -> D`, built once per run (`boxes`: each image's `valid_box` in its
+  letterboxed square, on this process's devices or host). A batch whose images all fill their
+  square runs the program without the letterbox fill, so maps of square images are bit for bit
+  those of `letterbox="zero"`."""
   inpaint_fn = stage1_inpaint_fn(generator.gen_s, generator.gen_t)
   # Maps stored before the field saw the letterbox bars as stage 1 does (zeros).
   letterbox = config.get("letterbox", "zero")
 
-  def step(params, images, boxes):
-    if letterbox == "reflect":
-      images = reflect_into_letterbox(images, boxes)
+  def plain(params, images):
     structure = rtv.structure_of(images, generator.rtv)
     return difference_map(
       params,
@@ -424,7 +424,17 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
       smooth=config.get("smooth", 0.0),
     )
 
-  return jax.jit(step)
+  plain = jax.jit(plain)
+  filled = jax.jit(lambda p, images, boxes: plain(p, reflect_into_letterbox(images, boxes)))
+
+  def step(params, images, boxes):
+    if letterbox == "reflect":
+      sides = np.asarray(jax.device_get(boxes))[:, 2:]
+      if np.any(sides != np.asarray(images.shape[1:3])):
+        return filled(params, images, boxes)
+    return plain(params, images)
+
+  return step
 
 
 class _Shard(NamedTuple):

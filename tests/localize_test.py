@@ -10,7 +10,7 @@ from absl.testing import absltest, parameterized
 from scipy import ndimage
 from sklearn import metrics as skm
 
-from alenn_jax import checkpointing, le_maps, localize, report
+from alenn_jax import checkpointing, le_maps, localize, report, sharding
 from alenn_jax import masks as masks_lib
 from alenn_jax import train_inpainting as ti
 from alenn_jax.errors import UserInputError
@@ -359,6 +359,27 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     config.pad = factor // 2 + 1
     with self.assertRaisesRegex(UserInputError, f"config.pad={factor // 2 + 1}: the reflected"):
       localize.resolve(config, stage1_config)
+
+  def test_map_step_fills_the_letterbox_of_a_batch_with_a_non_square_image_only(self):
+    generator = checkpointing.load_generator(
+      self.workdir, mesh=sharding.make_mesh(jax.devices()[:1])
+    )
+    config = localize.resolve(self.config(), generator.config)
+    zero_config = config.copy_and_resolve_references()
+    zero_config.letterbox = "zero"
+    step, zero_step = (localize.make_map_step(c, generator) for c in (config, zero_config))
+    images = np.random.default_rng(2).uniform(-1, 1, (2, 32, 32, 1)).astype(np.float32)
+    square = np.array([[0, 0, 32, 32]] * 2, np.int32)
+    want = np.asarray(zero_step(generator.params, images, square))
+    # Square images are mapped by the same program as without the fill: bit for bit.
+    np.testing.assert_array_equal(np.asarray(step(generator.params, images, square)), want)
+    boxes = np.array([[0, 0, 32, 32], [0, 6, 32, 20]], np.int32)
+    filled = np.asarray(localize.reflect_into_letterbox(images, boxes))
+    got = np.asarray(step(generator.params, images, boxes))
+    expected = np.asarray(zero_step(generator.params, filled, boxes))
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-6)  # The square one in the same batch.
+    self.assertGreater(np.abs(got[1] - want[1])[:, 6:26].max(), 1e-3)
 
   def test_letterbox_fill_defaults_to_reflect_and_an_unknown_one_is_refused(self):
     stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
