@@ -152,8 +152,18 @@ def _collect(config, mesh, split: str) -> list[dict]:
   return examples
 
 
-def figure3(examples, d_maps, scale, path: str, title: str) -> None:
-  """Rows of original, difference D, LE heat map and overlay (with the true lesion outline)."""
+def overlay_title(d: np.ndarray, lesion: np.ndarray, tolerance: int) -> str:
+  """Figure 3's overlay caption: where the + (the largest D) lies against the true lesion."""
+  if not lesion.any():
+    return "overlay (+: largest D)"
+  where = "on" if pointing_hit(d, lesion, tolerance) else "off"
+  return f"overlay (+: largest D, {where} the lesion)"
+
+
+def figure3(examples, d_maps, scale, path: str, title: str, tolerance: int = 2) -> None:
+  """Rows of original, difference D, LE heat map and overlay (with the true lesion outline). The
+  overlay marks where D is largest, the point the pointing game scores, and says whether it falls
+  within `tolerance` px of the lesion."""
   n = len(examples)
   fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
   for row, ex in zip(axes, examples, strict=True):
@@ -167,9 +177,11 @@ def figure3(examples, d_maps, scale, path: str, title: str) -> None:
     row[2].set_title("LE", fontsize=8)
     row[3].imshow(ex["image"], cmap="gray", vmin=0, vmax=1)
     row[3].imshow(le, cmap="jet", vmin=0, vmax=1, alpha=0.45)
+    y, x = np.unravel_index(np.argmax(d), d.shape)
+    row[3].plot([x], [y], marker="+", color="white", markersize=10, markeredgewidth=1.5)
     if ex["lesion"].any():
       row[3].contour(ex["lesion"] > 0, levels=[0.5], colors="white", linewidths=0.8)
-    row[3].set_title("overlay (white: true lesion)", fontsize=8)
+    row[3].set_title(overlay_title(d, ex["lesion"], tolerance), fontsize=8)
     for ax in row:
       ax.axis("off")
   fig.suptitle(title, fontsize=10)
@@ -200,7 +212,12 @@ def localization_report(config, workdir: str, mesh, scale: float) -> list[dict]:
     chosen = [ex for ex in examples if ex["label"] == label][: config.report.num_examples]
     if chosen:
       figure3(
-        chosen, d_maps, scale, os.path.join(report_dir, f"fig3_{name}.png"), f"{name} ({split})"
+        chosen,
+        d_maps,
+        scale,
+        os.path.join(report_dir, f"fig3_{name}.png"),
+        f"{name} ({split}; white outline: true lesion)",
+        config.report.tolerance,
       )
   threshold_split = config.data.eval_split
   threshold_examples, threshold_maps = examples, d_maps

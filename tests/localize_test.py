@@ -225,6 +225,22 @@ class ScoresTest(absltest.TestCase):
     self.assertFalse(report.pointing_hit(score, lesion, 1))
     self.assertTrue(report.pointing_hit(score, lesion, 2))
 
+  def test_figure3_marks_the_largest_difference_and_says_if_it_is_on_the_lesion(self):
+    lesion = np.zeros((10, 10))
+    lesion[5, 5] = 1
+    near, far = np.zeros((10, 10)), np.zeros((10, 10))
+    near[5, 7], far[1, 1] = 1.0, 1.0
+    self.assertEqual(report.overlay_title(near, lesion, 2), "overlay (+: largest D, on the lesion)")
+    self.assertEqual(report.overlay_title(far, lesion, 2), "overlay (+: largest D, off the lesion)")
+    self.assertEqual(report.overlay_title(far, lesion * 0, 2), "overlay (+: largest D)")
+    examples = [
+      {"id": i, "label": int(i == "a"), "image": far, "lesion": lesion * (i == "a")} for i in "an"
+    ]
+    path = os.path.join(self.create_tempdir().full_path, "fig3.png")
+    report.figure3(examples, {"a": near, "n": far}, 0.5, path, "abnormal and normal", 2)
+    with open(path, "rb") as f:
+      self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
   def test_dice_threshold_comes_from_the_threshold_split(self):
     lesion = np.zeros((8, 8))
     lesion[2:4, 2:4] = 1
