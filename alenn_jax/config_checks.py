@@ -18,7 +18,7 @@ argument is one line naming the field instead of a traceback minutes into a run.
   window, stride         a localize config's: 1 <= stride <= window (0: stage 1's defaults)
   method, gap, context   a localize config's: method one of localize.METHODS; multi_window's gap
                          >= 1 (0: the window), so a group's windows never touch; context's crop
-                         at least window + 2
+                         at least window + 2 (0: the window plus the generator's receptive field)
 """
 
 import dataclasses
@@ -138,7 +138,12 @@ def validate(
         "windows repainted together must lie at least 1 px apart; use gap >= 1 (0: the window)",
       )
     if method == "context" and (
-      not isinstance(context, int) or context < 1 or (window and context < window + 2)
+      not isinstance(context, int) or context < 0 or (context and window and context < window + 2)
     ):
       least = f"window + 2 = {window + 2}" if window else "window + 2"
-      _fail(f"{path}.context", context, f"the crop must be at least {least} px")
+      _fail(
+        f"{path}.context",
+        context,
+        f"the crop must be at least {least} px (0: the window plus the generator's receptive "
+        "field)",
+      )

@@ -125,8 +125,11 @@ def difference_map(
                   only, so a group of one window is exactly `per_window` (RIAD's disjoint cells,
                   Zavrtanik et al. 2021). Passes per image: about ceil((window + gap) / stride)**2.
     context       one pass per window over a `context` x `context` crop around it (clamped to the
-                  image), for a generator trained on crops of that size (InTra, Pirnay & Chai
-                  2021); `context` >= the image side is the whole image, i.e. `per_window`.
+                  image), as InTra (Pirnay & Chai 2021) repaints patches from a neighbourhood;
+                  `context` >= the image side is the whole image, i.e. `per_window`. A crop
+                  smaller than the window plus the generator's receptive field
+                  (`default_context`) cuts off context the generator uses: whatever size of
+                  crop it was trained on, its repaintings then depart from the whole image's.
 
   With `pad` > 0 the images (and structure) are first extended by `pad` reflected pixels on every
   side, the windows are laid out over that larger canvas and D is cropped back to the images. With
@@ -328,6 +331,13 @@ def stage1_inpaint_fn(gen_s: inpainting.Generator, gen_t: inpainting.Generator):
 # The job.
 
 
+def default_context(window: int, model: ml_collections.ConfigDict) -> int:
+  """The `context` crop (px) that holds a window and all a generator of `model` computes its
+  pixels from: window + `inpainting.receptive_field`, rounded up to a multiple of 2**depth."""
+  factor = 2 ** int(model.depth)
+  return -(-(window + inpainting.receptive_field(model)) // factor) * factor
+
+
 def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict):
   """The job's config with what it leaves to the stage 1 run filled in: the dataset (when
   `data.name` is ""), the image size (0), the window (0: stage 1's mask window) and the stride (0:
@@ -368,12 +378,30 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
       f"config.letterbox={config.letterbox!r}: use one of {', '.join(LETTERBOX)} (how the bars "
       "around a non-square image are filled before its windows are repainted)."
     )
-  if config.method == "context" and (config.context < config.window + 2 or config.context % factor):
-    raise UserInputError(
-      f"config.context={config.context}: the crop a window is repainted from must be at least "
-      f"window + 2 = {config.window + 2} px and a multiple of {factor} (2**model.depth of the "
-      "stage 1 generator)."
-    )
+  if config.method == "context":
+    # What one generator computes an output pixel from: a crop that cuts into it puts the crop's
+    # edge (zero or reflected padding) where the whole image has anatomy.
+    reach = inpainting.receptive_field(stage1.model)
+    enough = default_context(config.window, stage1.model)
+    if not config.context:
+      config.context = enough
+    elif config.context < config.window + 2 or config.context % factor:
+      raise UserInputError(
+        f"config.context={config.context}: the crop a window is repainted from must be at least "
+        f"window + 2 = {config.window + 2} px and a multiple of {factor} (2**model.depth of the "
+        f"stage 1 generator); 0 picks {enough} (the window plus the generator's {reach}-px "
+        "receptive field)."
+      )
+    elif config.context < enough:
+      logging.warning(
+        "config.context=%d is smaller than the window plus the stage 1 generator's receptive "
+        "field (%d + %d px): each window's repainting loses context the generator would use, "
+        "and D departs from per_window's (BENCHMARKS.md: agreement by crop size). 0 picks %d.",
+        config.context,
+        config.window,
+        reach,
+        enough,
+      )
   for field, fraction in (("highpass", 8), ("smooth", 16)):
     value = config[field]
     if value == -1:  # A fraction of the window: the scale the generator repaints at.

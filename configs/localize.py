@@ -37,7 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.stride = 0  # Step between windows (px); 0: half the window (the paper: d < w).
   config.method = "per_window"  # per_window (the paper) | multi_window | context: see localize.
   config.gap = 0  # multi_window: least distance (px) between windows repainted together; 0: window.
-  config.context = 0  # context: side (px) of the crop a window is repainted from.
+  # context: side (px) of the crop a window is repainted from; 0: the window plus the stage 1
+  # generator's receptive field (148 px for `small`), rounded up to a multiple of 2**depth.
+  config.context = 0
   # Reflected border (px) added to each image before the windows are laid out, D cropped back:
   # border pixels get as many windows as inner ones, border windows context on all sides.
   # -1: the stride (rounded up to a multiple of 2**(model.depth - 1)); 0: none (the paper).

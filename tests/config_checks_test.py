@@ -75,6 +75,11 @@ class ValidateTest(parameterized.TestCase):
     config = localize.get_config("smoke")
     self.assertEqual((config.data.image_size, config.window, config.stride), (0, 0, 0))
     config_checks.validate(config)
+    config.method = "context"  # context 0: the window plus the generator's receptive field.
+    config_checks.validate(config)
+    config.context = -1
+    with self.assertRaisesRegex(UserInputError, r"config.context=-1 is not valid; the crop must"):
+      config_checks.validate(config)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from alenn_jax import checkpointing, le_maps, localize, report, sharding
 from alenn_jax import masks as masks_lib
 from alenn_jax import train_inpainting as ti
 from alenn_jax.errors import UserInputError
+from alenn_jax.models import inpainting
 from configs import localize as localize_config
 from configs import stage1
 from tests import helpers
@@ -374,6 +375,26 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     factor = 2**stage1_config.model.depth
     config.pad = factor // 2 + 1
     with self.assertRaisesRegex(UserInputError, f"config.pad={factor // 2 + 1}: the reflected"):
+      localize.resolve(config, stage1_config)
+
+  def test_context_defaults_to_the_window_plus_the_receptive_field_and_warns_below_it(self):
+    stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
+    config = self.config()
+    config.method, config.window = "context", 8
+    reach = inpainting.receptive_field(stage1_config.model)
+    factor = 2**stage1_config.model.depth
+    enough = localize.resolve(config, stage1_config).context
+    self.assertEqual(enough % factor, 0)
+    self.assertBetween(enough, 8 + reach, 8 + reach + factor - 1)
+    config.context = enough  # Enough: no warning.
+    with self.assertNoLogs(level="WARNING"):
+      self.assertEqual(localize.resolve(config, stage1_config).context, enough)
+    config.context = 2 * factor + 8  # Valid, but it cuts into what the generator sees.
+    with self.assertLogs(level="WARNING") as logs:
+      self.assertEqual(localize.resolve(config, stage1_config).context, 2 * factor + 8)
+    self.assertIn("smaller than the window plus the stage 1 generator's receptive", logs.output[0])
+    config.context = 9
+    with self.assertRaisesRegex(UserInputError, f"config.context=9: .* 0 picks {enough}"):
       localize.resolve(config, stage1_config)
 
   def test_map_step_fills_the_letterbox_of_a_batch_with_a_non_square_image_only(self):

@@ -3,6 +3,7 @@
 import os
 import tempfile
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -210,6 +211,37 @@ class GeneratorPaddingTest(parameterized.TestCase):
     config.padding = "circular"
     with self.assertRaisesRegex(ValueError, "model.padding='circular'"):
       inpainting.build(config)[0].init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
+class ReceptiveFieldTest(parameterized.TestCase):
+  @parameterized.named_parameters(("smoke", {}), ("deeper_dilated", {"depth": 3, "dilation": 3}))
+  def test_is_the_widest_input_support_of_an_output_pixel(self, overrides):
+    config = inpainting.model_config("smoke")
+    config.update(overrides)
+    side = inpainting.receptive_field(config)
+    gen = inpainting.build(config)[0]
+    factor = 2**config.depth
+    size = -(-(side + 16) // factor) * factor
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, size, size, 3))
+    params = gen.init(jax.random.PRNGKey(1), x)
+    centre = size // 2
+
+    def no_norm(next_fun, args, kwargs, context):  # Instance norm couples every pixel weakly.
+      if isinstance(context.module, nn.InstanceNorm):
+        return args[0]
+      return next_fun(*args, **kwargs)
+
+    def row(x):  # One output pixel of each position modulo 2**depth.
+      with nn.intercept_methods(no_norm):
+        return gen.apply(params, x)[0, centre : centre + factor, centre, 0]
+
+    jacobian = np.abs(np.asarray(jax.jacrev(row)(x))).sum(axis=-1)[:, 0]  # [factor, H, W]
+    supports = []
+    for k in range(factor):
+      ys, xs = np.nonzero(jacobian[k])
+      supports.append((ys.max() - ys.min() + 1, xs.max() - xs.min() + 1))
+    self.assertEqual(max(max(s) for s in supports), side)
+    self.assertEqual(inpainting.receptive_field(inpainting.model_config("small")), 148)
 
 
 class TorchvisionParityTest(parameterized.TestCase):

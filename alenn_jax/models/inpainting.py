@@ -164,6 +164,34 @@ def build(config: ml_collections.ConfigDict):
   return Generator(**gen), Generator(**gen), PatchDiscriminator(**disc), PatchDiscriminator(**disc)
 
 
+def receptive_field(config: ml_collections.ConfigDict) -> int:
+  """Side (px) of the input region one output pixel of a generator of `config` (a
+  `model_config`) is computed from through its convolutions, the largest over output positions
+  (nearest-neighbour upsampling makes it depend on a pixel's position modulo 2**depth): 52 px for
+  `smoke`, 148 for `small`, 388 for `full`. Instance norm adds a weak dependence on the whole
+  input; the two-step repainting chains two generators, so strictly it reaches twice as far, but
+  how much an output depends on an input falls off well inside this side (BENCHMARKS.md,
+  `context`)."""
+  depth, reach = config.depth, config.num_res * (config.dilation + 1)
+
+  def to_input(lo, hi, level):  # Through the encoder: 4x4 stride-2 convs padded (1, 2), the stem.
+    for _ in range(level):
+      lo, hi = 2 * lo - 1, 2 * hi + 2
+    return lo - 3, hi + 3
+
+  side = 0
+  for phase in range(2**depth):
+    lo, hi = phase - 3, phase + 3  # The head (7x7) at the output's own scale.
+    spans = []
+    for level in range(depth):  # Each decoder step: a 3x3 conv over [upsampled, skip].
+      lo, hi = lo - 1, hi + 1
+      spans.append(to_input(lo, hi, level))  # The skip from the encoder at this level.
+      lo, hi = lo // 2, hi // 2  # Nearest-neighbour upsampling: output o reads input o // 2.
+    spans.append(to_input(lo - reach, hi + reach, depth))  # The residual blocks.
+    side = max(side, max(h for _, h in spans) - min(lo for lo, _ in spans) + 1)
+  return side
+
+
 def generator_inputs_s(image, structure, mask):
   """[E(I, M), E(S, M), M] for gen_s."""
   return jnp.concatenate([image * mask, structure * mask, mask], axis=-1)
