@@ -3,9 +3,11 @@
   python -m benchmarks.localize_bench [--sizes 128 256] [--models small] [--images 4]
       [--stage1_workdir W]      # a trained stage 1 (its own model size) instead of random weights
       [--score job|paper]       # D as the localize job scores it (default) or the paper's |I - I_k|
+      [--context PX]            # context's crop (default 0: the window plus the receptive field)
 
 For each image size, model and method (`per_window`, `multi_window` with gap = window, `context`
-with a crop of 4 windows), one jitted `difference_map` call maps a batch of abnormal phantoms. It
+with the localize job's default crop, the window plus the generator's receptive field, or
+`--context` px), one jitted `difference_map` call maps a batch of abnormal phantoms. It
 reports the wall time per map (after compilation), the generator FLOPs per map (XLA's cost
 analysis of one inpainting pass at the pass's size, times the passes a map needs: XLA counts a
 loop body once, so the whole map's count would be too low), and agreement with per_window: the
@@ -42,14 +44,14 @@ def generator(model: str, workdir: str | None):
   """(gen_s, gen_t, params, rtv params, name) of a trained workdir or a fresh `model`."""
   if workdir:
     g = checkpointing.load_generator(workdir)
-    return g.gen_s, g.gen_t, g.params, g.rtv, f"trained ({workdir}, step {g.step})"
+    return g.gen_s, g.gen_t, g.params, g.rtv, f"trained ({workdir}, step {g.step})", g.config.model
   config = stage1.get_config(model)
   gen_s, gen_t, _, _ = inpainting.build(config.model)
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
   k_s, k_t = jax.random.split(jax.random.PRNGKey(0))
   params = {"gen_s": gen_s.init(k_s, x)["params"], "gen_t": gen_t.init(k_t, x)["params"]}
   rtv_params = rtv.RTVParams.from_config(config.rtv)
-  return gen_s, gen_t, params, rtv_params, f"{model}, random weights"
+  return gen_s, gen_t, params, rtv_params, f"{model}, random weights", config.model
 
 
 def phantoms(size: int, count: int):
@@ -62,22 +64,22 @@ def phantoms(size: int, count: int):
   return jnp.asarray(np.stack(images)[..., None]), np.stack(lesions)
 
 
-def method_args(method: str, window: int) -> dict:
+def method_args(method: str, window: int, context: int) -> dict:
   if method == "multi_window":
     return {"gap": window}
   if method == "context":
-    return {"context": 4 * window}
+    return {"context": context}
   return {}
 
 
-def passes(method: str, size: int, window: int, stride: int, pad: int) -> tuple[int, int]:
+def passes(method: str, size: int, window: int, stride: int, pad: int, context: int):
   """(passes per map, side of each pass's input) on the canvas of the image and its border."""
   side = size + 2 * pad
   k = len(masks_lib.window_positions(side, side, window, stride))
   if method == "multi_window":
     return len(masks_lib.window_groups(side, side, window, stride, window)), side
   if method == "context":
-    return k, min(4 * window, side)
+    return k, min(context, side)
   return k, side
 
 
@@ -96,9 +98,15 @@ def score_args(score: str, window: int, stride: int) -> dict:
   return {"pad": stride, "highpass": window / 8, "smooth": window / 16}
 
 
-def run_case(gen, size: int, count: int, chunk: int, repeats: int, score: str) -> dict:
-  gen_s, gen_t, params, rtv_params, _ = gen
+def context_side(context: int, window: int, model) -> int:
+  """`--context`, or (0) the localize job's default for `window` and the generator `model`."""
+  return context or localize.default_context(window, model)
+
+
+def run_case(gen, size: int, count: int, chunk: int, repeats: int, score: str, context: int):
+  gen_s, gen_t, params, rtv_params, _, model = gen
   window, stride = (16, 8) if size <= 128 else (32, 16)
+  context = context_side(context, window, model)
   scoring = score_args(score, window, stride)
   images, lesions = phantoms(size, count)
   structure = jax.jit(lambda x: rtv.structure_of(x, rtv_params))(images)
@@ -116,7 +124,7 @@ def run_case(gen, size: int, count: int, chunk: int, repeats: int, score: str) -
         stride=stride,
         chunk=chunk,
         method=method,
-        **method_args(method, window),
+        **method_args(method, window, context),
         **scoring,
       )
     )
@@ -125,7 +133,7 @@ def run_case(gen, size: int, count: int, chunk: int, repeats: int, score: str) -
     for _ in range(repeats):
       fn(params, images, structure).block_until_ready()
     seconds = (time.perf_counter() - t0) / repeats / count
-    n, side = passes(method, size, window, stride, scoring.get("pad", 0))
+    n, side = passes(method, size, window, stride, scoring.get("pad", 0), context)
     if side not in flops_at:
       flops_at[side] = pass_flops(inpaint, params, side, 1)
     out[method] = {
@@ -149,6 +157,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=1)
   parser.add_argument("--stage1_workdir", default=None)
   parser.add_argument("--score", choices=("job", "paper"), default="job")
+  parser.add_argument("--context", type=int, default=0)
   args = parser.parse_args()
   print(f"machine: {machine_description()}")
   at256 = score_args(args.score, 32, 16)
@@ -166,7 +175,7 @@ def main():
   for model in models:
     gen = generator(model, args.stage1_workdir)
     for size in args.sizes:
-      results = run_case(gen, size, args.images, args.chunk, args.repeats, args.score)
+      results = run_case(gen, size, args.images, args.chunk, args.repeats, args.score, args.context)
       base = results["per_window"]
       for method, r in results.items():
         pearson = float(np.corrcoef(r["d"].ravel(), base["d"].ravel())[0, 1])
@@ -182,7 +191,8 @@ def main():
       if size == max(args.sizes):
         fastest = max((m for m in results if m != "per_window"), key=lambda m: results[m]["wall_x"])
         summary = (fastest, results[fastest])
-        k224 = {m: passes(m, 224, 32, 16, at256.get("pad", 0)) for m in METHODS}
+        crop = context_side(args.context, 32, gen[5])
+        k224 = {m: passes(m, 224, 32, 16, at256.get("pad", 0), crop) for m in METHODS}
         k256 = {m: results[m]["passes"] for m in METHODS}
         for method in METHODS:
           # Seconds per map scale with passes and pixels per pass from 256 to 224 px.
