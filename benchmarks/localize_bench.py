@@ -41,7 +41,8 @@ METHODS = ("per_window", "multi_window", "context")
 
 
 def generator(model: str, workdir: str | None):
-  """(gen_s, gen_t, params, rtv params, name) of a trained workdir or a fresh `model`."""
+  """(gen_s, gen_t, params, rtv params, name, model config) of a trained workdir or a fresh
+  `model`."""
   if workdir:
     g = checkpointing.load_generator(workdir)
     return g.gen_s, g.gen_t, g.params, g.rtv, f"trained ({workdir}, step {g.step})", g.config.model

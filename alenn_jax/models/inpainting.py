@@ -174,7 +174,7 @@ def receptive_field(config: ml_collections.ConfigDict) -> int:
   `context`)."""
   depth, reach = config.depth, config.num_res * (config.dilation + 1)
 
-  def to_input(lo, hi, level):  # Through the encoder: 4x4 stride-2 convs padded (1, 2), the stem.
+  def to_input(lo, hi, level):  # Through the encoder (4x4 stride-2 convs, 1 px before) and stem.
     for _ in range(level):
       lo, hi = 2 * lo - 1, 2 * hi + 2
     return lo - 3, hi + 3
