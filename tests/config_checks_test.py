@@ -15,6 +15,7 @@ class ValidateTest(parameterized.TestCase):
     (stage2, "small,backbone=inception_v3,fusion=channels"),
     (localize, "smoke"),
     (pipeline, "small"),
+    (pipeline, "small128"),
     (rtv_demo, "smoke"),
     (predict, None),
   )
@@ -80,6 +81,27 @@ class ValidateTest(parameterized.TestCase):
     config.context = -1
     with self.assertRaisesRegex(UserInputError, r"config.context=-1 is not valid; the crop must"):
       config_checks.validate(config)
+
+
+class PipelineSizesTest(absltest.TestCase):
+  def test_small128_is_the_demo_recipe_at_128_px_with_its_own_length_padding_and_scores(self):
+    demo, big = pipeline.get_config("small"), pipeline.get_config("small128")
+    for config in (demo, big):  # The multi_window maps and the grid masks they are trained on.
+      loc = config.localize
+      self.assertEqual((loc.method, loc.window, loc.stride, loc.gap), ("multi_window", 16, 8, 16))
+      self.assertEqual(config.stage1.masks.weights, (0.2, 0.2, 0.2, 0.4))
+      self.assertEqual({c.num_train_steps for c in config.stage2.values()}, {300})
+      self.assertEqual(config.stage1.data.image_size, config.data.image_size)
+    self.assertEqual((demo.data.image_size, big.data.image_size), (64, 128))
+    self.assertEqual((demo.stage1.model.padding, big.stage1.model.padding), ("zero", "reflect"))
+    self.assertEqual((demo.stage1.phase1_steps, demo.stage1.phase2_steps), (200, 300))
+    self.assertEqual((big.stage1.phase1_steps, big.stage1.phase2_steps), (700, 1050))
+    self.assertEqual((demo.localize.highpass, demo.localize.smooth), (-1.0, -1.0))
+    self.assertEqual((big.localize.highpass, big.localize.smooth), (4.0, 2.0))
+
+  def test_unknown_size_names_the_known_ones(self):
+    with self.assertRaisesRegex(ValueError, r"'medium'; use smoke, small, small128, full"):
+      pipeline.get_config("medium")
 
 
 if __name__ == "__main__":
