@@ -488,6 +488,21 @@ def split_labels(config: ml_collections.ConfigDict, split: str) -> dict[str, int
   return out
 
 
+def split_lesion_kinds(config: ml_collections.ConfigDict, split: str) -> dict[str, str] | None:
+  """id -> lesion kind of every example of `split` ("none" for normals), where the dataset records
+  one (the phantoms' `lesion_kind`); None where it does not. Read without decoding images."""
+  builder = _prepared_builder(config, split)
+  if "lesion_kind" not in builder.info.features.keys():
+    return None
+  raw = _undecoded_split(builder, config, split)
+  out = {}
+  for i in range(len(raw)):
+    example = raw[i]
+    kind = example["lesion_kind"]
+    out[_id_of(example)] = kind.decode() if isinstance(kind, bytes) else str(kind)
+  return out
+
+
 def _expand(path: str) -> str:
   return os.path.abspath(os.path.expanduser(path))
 

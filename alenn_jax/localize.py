@@ -18,7 +18,8 @@ invent a lesion in every normal image.
 stage 1 generator of S (default W) from the config stored there (`checkpointing.load_generator`),
 writes D for every split to `W/le_maps/<split>/` (resumable: finished shards are skipped; format in
 `le_maps`), the constant to `W/le_maps/scale.json`, then the report: Figure 3 and
-`W/report/localization.csv`. Dataset and image size default to the stage 1 run's. With
+`W/report/localization.csv` (and `localization_by_kind.csv` where the dataset records each
+lesion's kind, as the phantoms do). Dataset and image size default to the stage 1 run's. With
 `--multihost` each process maps its share of the missing shards on its own devices (`run`).
 """
 

@@ -11,6 +11,7 @@ marker once every process has finished the stage, and the report.
   W/stage1/                     stage 1 (train_inpainting): checkpoints, report/table1.csv (with
                                 localize.folds = K > 1: W/stage1/fold<k>/, one per fold)
   W/localize/                   stage 2a (localize): le_maps/, report/fig3_*.png, localization.csv
+                                (and localization_by_kind.csv where the data records kinds)
   W/classifiers/<bb>_<fusion>/  stage 2b (train_classifier), one per backbone and fusion (and
                                 seed: <bb>_<fusion>_seed<k> for the k-th of config.seeds > 1)
   W/report/                     report.md with every table and figure, and their source files
@@ -257,6 +258,7 @@ def _collect_report(config, workdir: str, report_dir: str) -> None:
     ): "table1.csv",
     os.path.join(workdir, "localize", "report", "normal_le.csv"): "normal_le.csv",
     os.path.join(workdir, "localize", "report", "localization.csv"): "localization.csv",
+    os.path.join(workdir, "localize", "report", report.BY_KIND_CSV): report.BY_KIND_CSV,
     os.path.join(workdir, "localize", "report", "fig3_normal.png"): "fig3_normal.png",
     os.path.join(workdir, "localize", "report", "fig3_abnormal.png"): "fig3_abnormal.png",
   }

@@ -46,6 +46,17 @@ from alenn_jax.progress import format_seconds
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+BY_KIND_CSV = "localization_by_kind.csv"  # Written where the dataset records lesion kinds.
+BY_KIND_COLUMNS = (
+  "lesion_kind",
+  "method",
+  "pointing_game",
+  "pixel_auroc",
+  "pixel_auprc",
+  "dice",
+  "abnormal_with_lesion",
+)
+
 
 def pointing_hit(score_map: np.ndarray, lesion: np.ndarray, tolerance: int) -> bool:
   """Whether the map's maximum falls within `tolerance` pixels of the lesion."""
@@ -127,6 +138,25 @@ def score_maps(examples, maps_by_method, scale, tolerance: int, thresholds=None)
       }
     )
   return rows
+
+
+def kind_rows(examples, maps_by_method, scale, tolerance: int, kinds, thresholds=None):
+  """`score_maps` for each lesion kind: the abnormal images of that kind beside every normal
+  image, one row per kind and method with a leading `lesion_kind`. `kinds`: id -> kind."""
+  normals = [ex for ex in examples if ex["label"] == 0]
+  found = sorted({kinds[ex["id"]] for ex in examples if ex["label"] == 1 and ex["lesion"].any()})
+  rows = []
+  for kind in found:
+    subset = [ex for ex in examples if ex["label"] == 1 and kinds[ex["id"]] == kind] + normals
+    for row in score_maps(subset, maps_by_method, scale, tolerance, thresholds):
+      rows.append({"lesion_kind": kind, **row})
+  return rows
+
+
+def _write_scores(path: str, rows: list[dict]) -> None:
+  """Score rows as CSV, floats to four decimals."""
+  formatted = [{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+  image_io.write_csv(path, formatted, list(rows[0]))
 
 
 def _collect(config, mesh, split: str) -> list[dict]:
@@ -231,12 +261,11 @@ def localization_report(config, workdir: str, mesh, scale: float) -> list[dict]:
   rows = score_maps(examples, references, scale, config.report.tolerance, thresholds)
   for row in rows:
     row["dice_threshold_split"] = threshold_split
-  path = os.path.join(report_dir, "localization.csv")
-  with image_io.atomic_open(path, "w") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+  _write_scores(os.path.join(report_dir, "localization.csv"), rows)
+  kinds = input_pipeline.split_lesion_kinds(config.data, split)
+  if kinds is not None:  # The phantoms: which kinds of lesion the maps find.
+    by_kind = kind_rows(examples, references, scale, config.report.tolerance, kinds, thresholds)
+    _write_scores(os.path.join(report_dir, BY_KIND_CSV), by_kind)
   for row in rows:
     logging.info(
       "localization %-12s pointing %.3f AUROC %.3f AUPRC %.3f Dice %.3f LE in/out %.3f/%.3f "
@@ -522,6 +551,21 @@ def _read_csv(path: str) -> list[dict]:
     return list(csv.DictReader(f))
 
 
+def _by_kind_section(report_dir: str) -> list[str]:
+  """report.md's lines for `localization_by_kind.csv`, where the localize job wrote one."""
+  path = os.path.join(report_dir, BY_KIND_CSV)
+  if not os.path.exists(path):
+    return []
+  rows = [{k: row[k] for k in BY_KIND_COLUMNS} for row in _read_csv(path)]
+  return [
+    "The same scores for each kind of lesion (that kind's abnormal images beside every normal "
+    "one; Dice at the same thresholds):",
+    "",
+    _markdown_table(rows),
+    "",
+  ]
+
+
 def _markdown_table(rows: list[dict]) -> str:
   if not rows:
     return "_(not produced)_"
@@ -642,6 +686,7 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
     "",
     _markdown_table(_read_csv(os.path.join(report_dir, "localization.csv"))),
     "",
+    *_by_kind_section(report_dir),
     "Mean LE over the normal images of each split. A generator repaints the images it was trained "
     "on better than new ones, so in-sample maps of training normals are darker than held-out "
     "normals' maps, and a classifier fed them can learn that gap instead of lesions; "

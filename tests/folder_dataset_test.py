@@ -86,6 +86,8 @@ class FolderDatasetTest(absltest.TestCase):
     self.assertEqual(
       sorted(input_pipeline.split_names(config)), sorted(set(self.builder.info.splits))
     )
+    for split in self.builder.info.splits:  # A folder records no lesion kinds.
+      self.assertIsNone(input_pipeline.split_lesion_kinds(config, split))
 
   def test_another_folder_under_the_same_tag_is_refused(self):
     other = os.path.join(self.tmp, "other")

@@ -199,6 +199,15 @@ class PipelineTest(absltest.TestCase):
     np.testing.assert_array_equal(np.asarray(batch["image"]), np.asarray(again["image"]))
     np.testing.assert_array_equal(np.asarray(batch["valid_box"])[0], [0, 0, 48, 48])
 
+  def test_lesion_kinds_of_every_example_where_the_data_records_them(self):
+    kinds = input_pipeline.split_lesion_kinds(self.config(), "test")
+    labels = input_pipeline.split_labels(self.config(), "test")
+    self.assertEqual(set(kinds), set(labels))
+    self.assertGreater(len(set(kinds.values())), 2)
+    for example_id, kind in kinds.items():
+      self.assertEqual(kind == "none", labels[example_id] == 0, example_id)
+      self.assertTrue(example_id.endswith("normal" if kind == "none" else kind), example_id)
+
   def test_a_held_out_fold_is_left_out_of_train_only(self):
     folds = input_pipeline.split_folds(self.config(folds=3), "train")
     self.assertEqual(sorted(set(folds.values())), [0, 1, 2])

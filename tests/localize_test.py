@@ -13,6 +13,7 @@ from sklearn import metrics as skm
 from alenn_jax import checkpointing, le_maps, localize, report, sharding
 from alenn_jax import masks as masks_lib
 from alenn_jax import train_inpainting as ti
+from alenn_jax.datasets.phantoms import render
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting
 from configs import localize as localize_config
@@ -271,6 +272,31 @@ class ScoresTest(absltest.TestCase):
     self.assertEqual(row["le_outside_lesion"], 0.0)
     self.assertEqual(row["normal_le_p99"], 0.0)
 
+  def test_kind_rows_score_each_kind_beside_every_normal(self):
+    lesion = np.zeros((8, 8))
+    lesion[2:4, 2:4] = 1
+    hit = lesion * 0.5 + 0.1
+    miss = np.full((8, 8), 0.1)
+    miss[6, 6] = 1.0
+    examples = [
+      {"id": "f1", "label": 1, "lesion": lesion},
+      {"id": "f2", "label": 1, "lesion": lesion},
+      {"id": "l1", "label": 1, "lesion": lesion},
+      {"id": "n1", "label": 0, "lesion": np.zeros((8, 8))},
+    ]
+    maps = {"ALENN": {"f1": hit, "f2": miss, "l1": hit, "n1": miss}}
+    kinds = {"f1": "fracture", "f2": "fracture", "l1": "lytic", "n1": "none"}
+    rows = report.kind_rows(examples, maps, 1.0, 0, kinds, thresholds={"ALENN": 0.3})
+    self.assertEqual(
+      [(r["lesion_kind"], r["method"]) for r in rows], [("fracture", "ALENN"), ("lytic", "ALENN")]
+    )
+    fracture, lytic = rows
+    self.assertEqual((fracture["pointing_game"], lytic["pointing_game"]), (0.5, 1.0))
+    self.assertEqual((fracture["abnormal_with_lesion"], lytic["abnormal_with_lesion"]), (2, 1))
+    self.assertEqual((fracture["normal"], lytic["normal"]), (1, 1))
+    self.assertEqual(lytic["pixel_auroc"], 1.0)
+    self.assertLess(fracture["pixel_auroc"], 1.0)
+
 
 def read_csv_rows(path: str) -> list[dict]:
   with open(path) as f:
@@ -318,6 +344,19 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
       for key in ("pixel_auroc", "pixel_auprc", "dice"):
         self.assertTrue(0.0 <= float(row[key]) <= 1.0, (row["method"], key))
       self.assertEqual(row["dice_threshold_split"], "validation")
+
+    # The phantoms record each lesion's kind: the same scores per kind, which add up.
+    by_kind = read_csv_rows(os.path.join(report_dir, report.BY_KIND_CSV))
+    alenn = [r for r in by_kind if r["method"] == "ALENN"]
+    self.assertLessEqual({r["lesion_kind"] for r in alenn}, set(render.LESION_KINDS))
+    self.assertEqual(len(by_kind), 3 * len(alenn))
+    self.assertEqual(
+      sum(int(r["abnormal_with_lesion"]) for r in alenn), int(rows[0]["abnormal_with_lesion"])
+    )
+    hits = sum(float(r["pointing_game"]) * int(r["abnormal_with_lesion"]) for r in alenn)
+    self.assertAlmostEqual(
+      hits, float(rows[0]["pointing_game"]) * int(rows[0]["abnormal_with_lesion"]), places=2
+    )
 
     shard = os.path.join(self.workdir, "le_maps", "train", "shard_00000.npz")
     before = os.path.getmtime(shard)

@@ -69,12 +69,14 @@ class PipelineTest(absltest.TestCase):
       "table2.csv",
       "table2_le_effect.csv",
       "localization.csv",
+      report_lib.BY_KIND_CSV,
       "fig3_normal.png",
       "fig3_abnormal.png",
       "fig4_roc.png",
     ):
       self.assertGreater(os.path.getsize(os.path.join(report, name)), 0, name)
-    for name in ("table1.csv", "table2.csv", "table2_le_effect.csv", "localization.csv"):
+    scored = ("table1.csv", "table2.csv", "table2_le_effect.csv", "localization.csv")
+    for name in (*scored, report_lib.BY_KIND_CSV):
       with open(os.path.join(report, name)) as f:
         rows = list(csv.DictReader(f))
       self.assertNotEmpty(rows, name)
