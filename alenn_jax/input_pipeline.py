@@ -473,19 +473,28 @@ def _open_split(config: ml_collections.ConfigDict, split: str):
   return _source(builder, config, split), labels
 
 
+def _text(value) -> str:
+  """A stored Text feature as str (records read without decoding give bytes)."""
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _id_of(example) -> str:
-  example_id = example["id"]
-  return example_id.decode() if isinstance(example_id, bytes) else str(example_id)
+  return _text(example["id"])
+
+
+def _by_id(raw, value) -> dict:
+  """id -> value(example) over the records of `raw`."""
+  out = {}
+  for i in range(len(raw)):
+    example = raw[i]
+    out[_id_of(example)] = value(example)
+  return out
 
 
 def split_labels(config: ml_collections.ConfigDict, split: str) -> dict[str, int]:
   """id -> label of every example of `split`, read without decoding images."""
   raw = _undecoded_split(_prepared_builder(config, split), config, split)
-  out = {}
-  for i in range(len(raw)):
-    example = raw[i]
-    out[_id_of(example)] = int(example["label"])
-  return out
+  return _by_id(raw, lambda example: int(example["label"]))
 
 
 def split_lesion_kinds(config: ml_collections.ConfigDict, split: str) -> dict[str, str] | None:
@@ -495,12 +504,7 @@ def split_lesion_kinds(config: ml_collections.ConfigDict, split: str) -> dict[st
   if "lesion_kind" not in builder.info.features.keys():
     return None
   raw = _undecoded_split(builder, config, split)
-  out = {}
-  for i in range(len(raw)):
-    example = raw[i]
-    kind = example["lesion_kind"]
-    out[_id_of(example)] = kind.decode() if isinstance(kind, bytes) else str(kind)
-  return out
+  return _by_id(raw, lambda example: _text(example["lesion_kind"]))
 
 
 def _expand(path: str) -> str:
