@@ -4,9 +4,10 @@ For every window position k the window is hidden (mask M_k), repainted as normal
 (gen_s -> gen_t, composited: I_k = I * M_k + I_hat * (1 - M_k)), and |I - I_k| is accumulated inside
 the window. The difference map D is that sum divided by the number of windows covering each pixel
 (windows at the border are placed flush with it, so every pixel is covered). By default each
-window's error is first taken less its local mean inside the window, and D is lightly blurred
-(`highpass`, `smooth`: a wrong guess of a hidden region's brightness is not a lesion; 0 gives the
-paper's |I - I_k| exactly; see `difference_map`). All windows of a batch
+window's error is first taken less its local mean inside the window, then only what no repainted
+pixel within `shift` px matches is kept, and D is lightly blurred (`highpass`, `shift`, `smooth`:
+a wrong guess of a hidden region's brightness, or an edge repainted a pixel off, is not a lesion;
+all 0 give the paper's |I - I_k| exactly; see `difference_map`). All windows of a batch
 go through the generators in one vmapped computation, `chunk` windows at a time (a `lax.scan` over
 chunks), so memory stays bounded.
 
@@ -62,6 +63,7 @@ MAP_FIELDS = (
   "pad",
   "letterbox",
   "highpass",
+  "shift",
   "smooth",
   "data.name",
   "data.image_size",
@@ -113,6 +115,7 @@ def difference_map(
   context: int = 0,
   pad: int = 0,
   highpass: float = 0.0,
+  shift: int = 0,
   smooth: float = 0.0,
 ):
   """D of a batch: `[B, H, W, 1]` images in [-1, 1] -> `[B, H, W, 1]` mean |I - I_k| (in [0, 1]).
@@ -146,9 +149,15 @@ def difference_map(
   region wrong but its content right scores nothing there. On the demo's phantoms most of |r_k|
   on normal anatomy is such an offset (the bright condyle, whose brightness a hidden window cannot
   tell), while a lesion is a local deviation from its surroundings, so this lifted the pointing
-  game from 0.41 to 0.63 (BENCHMARKS.md). With `smooth` = sigma > 0, D (the mean over windows) is
-  then blurred with a Gaussian of that sigma, so a lesion's pixels share the evidence of their
-  neighbours (pixel AUROC 0.92 -> 0.97 there). Both 0: the paper's |I - I_k|.
+  game from 0.41 to 0.63 (BENCHMARKS.md). With `shift` = s > 0, a pixel of the hole scores the
+  smallest difference between I there and the (brightness-corrected) repainting at any pixel up to
+  s px away along a row or a column: min over |d| <= s of |I(x) - I_k'(x + d)|, I_k' = I - r_k. A
+  cortex edge repainted a pixel off then scores nothing, while a lesion, which the repainting has
+  nowhere near, keeps its difference: a thin line as well as a blob, since the repainting has no
+  such line a pixel away either (on the demo's phantoms, `test` pointing game 0.609 -> 0.703,
+  BENCHMARKS.md). With `smooth` = sigma > 0, D (the mean over windows) is then blurred with a
+  Gaussian of that sigma, so a lesion's pixels share the evidence of their neighbours (pixel AUROC
+  0.92 -> 0.97 there). All 0: the paper's |I - I_k|.
 
   Args:
     params: whatever `inpaint_fn` needs (stage 1: {"gen_s": ..., "gen_t": ...}).
@@ -160,6 +169,7 @@ def difference_map(
     method, gap, context: see above.
     pad: reflected border (px) added before the windows are laid out; 0: none (the paper).
     highpass, smooth: Gaussian sigmas (px), see above; 0: off.
+    shift: how far (px) the repainting may be off before a difference counts, see above; 0: off.
   """
   if method not in METHODS:
     raise ValueError(f"method={method!r}; use one of {', '.join(METHODS)}.")
@@ -172,6 +182,7 @@ def difference_map(
     gap=gap,
     context=context,
     highpass=highpass,
+    shift=shift,
   )
   if pad:
     _, h, w, _ = images.shape
@@ -189,7 +200,7 @@ def difference_map(
   coverage = (1.0 - holes).sum(axis=0)  # [H, W, 1], >= 1 everywhere.
   if method == "context" and (context < h or context < w):
     total = _context_sum(
-      params, images, structure, inpaint_fn, window, positions, chunk, context, highpass
+      params, images, structure, inpaint_fn, window, positions, chunk, context, highpass, shift
     )
     return total / jnp.asarray(coverage)
   if method == "multi_window":  # [G, H, W, 1]: each pass hides a group of windows.
@@ -201,7 +212,7 @@ def difference_map(
     n = mask_chunk.shape[0]
     masks = _same_for_each_image(len(images), mask_chunk)
     composite = inpaint_fn(params, *_by_image(n, images, structure), masks)
-    diff = hole_difference(images[:, None], _split(composite, n), mask_chunk[None], highpass)
+    diff = hole_difference(images[:, None], _split(composite, n), mask_chunk[None], highpass, shift)
     return total + diff.sum(axis=1), None
 
   total, _ = jax.lax.scan(body, jnp.zeros_like(images), holes)
@@ -268,22 +279,48 @@ def _same_for_each_image(b: int, masks):
   return _merge(jnp.broadcast_to(masks[None], (b, *masks.shape)))
 
 
-def hole_difference(images, composite, mask, highpass: float = 0.0):
+def hole_difference(images, composite, mask, highpass: float = 0.0, shift: int = 0):
   """What one pass contributes, inside its hole (mask 0) and zero elsewhere, in [0, 1]: |r| / 2,
   r = images - composite, or with `highpass` = sigma > 0, |r - m| / 2 with m the Gaussian mean of r
-  over the hole's pixels (`difference_map`). Arrays are `[..., H, W, C]` and broadcast: `mask`
-  without the batch axis (e.g. `[1, n, H, W, 1]` for n passes), so each hole's normalising weight is
-  computed once, not once per image."""
+  over the hole's pixels, and with `shift` = s > 0 the least |images(x) - c(x + d)| / 2 over the
+  offsets d up to s px along a row or column, c = images - r the (corrected) repainting
+  (`difference_map`). Arrays are `[..., H, W, C]` and broadcast: `mask` without the batch axis
+  (e.g. `[1, n, H, W, 1]` for n passes), so each hole's normalising weight is computed once, not
+  once per image."""
   hole = 1.0 - mask
   r = (images - composite) * hole
   if highpass:
     weight = gaussian_blur(hole, highpass)
     r = (r - gaussian_blur(r, highpass) / jnp.maximum(weight, 1e-6)) * hole
+  if shift:
+    # Outside the hole c is the image itself, so near the hole's rim the image's own pixels count
+    # as matches too: what the window hides is judged against everything around it.
+    repainted = images - r
+    error = jnp.abs(r)
+    for offset in _cross_offsets(shift):
+      error = jnp.minimum(error, jnp.abs(images - _shifted(repainted, *offset)))
+    r = error * hole
   return jnp.abs(r) / 2.0
 
 
+def _cross_offsets(radius: int) -> list[tuple[int, int]]:
+  """The nonzero (dy, dx) up to `radius` px along a row or a column: 4 * radius offsets."""
+  steps = [d for d in range(-radius, radius + 1) if d]
+  return [(d, 0) for d in steps] + [(0, d) for d in steps]
+
+
+def _shifted(x, dy: int, dx: int):
+  """`[..., H, W, C]` -> y with y[..., i, j, :] = x[..., i + dy, j + dx, :], the edge pixels
+  repeated beyond the border."""
+  h, w = x.shape[-3:-1]
+  p = max(abs(dy), abs(dx))
+  widths = [(0, 0)] * (x.ndim - 3) + [(p, p), (p, p), (0, 0)]
+  x = jnp.pad(x, widths, mode="edge")
+  return x[..., p + dy : p + dy + h, p + dx : p + dx + w, :]
+
+
 def _context_sum(
-  params, images, structure, inpaint_fn, window, positions, chunk, context, highpass
+  params, images, structure, inpaint_fn, window, positions, chunk, context, highpass, shift
 ):
   """Sum over windows of |I - I_k| inside window k, each I_k repainted from a crop around k."""
   b, h, w, c = images.shape
@@ -312,7 +349,7 @@ def _context_sum(
     crop, crop_structure = crops(images, offsets), crops(structure, offsets)
     masks = _same_for_each_image(b, mask_chunk)
     composite = inpaint_fn(params, _merge(crop), _merge(crop_structure), masks)
-    diff = hole_difference(crop, _split(composite, n), mask_chunk[None], highpass)
+    diff = hole_difference(crop, _split(composite, n), mask_chunk[None], highpass, shift)
     return total + jax.vmap(place)(jnp.swapaxes(diff, 0, 1), offsets).sum(axis=0), None
 
   total, _ = jax.lax.scan(body, jnp.zeros_like(images), (offsets, local))
@@ -412,6 +449,14 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
         f"config.{field}={value}: use a Gaussian sigma in px (> 0), 0 (off, the paper's "
         f"|I - I_k|) or -1 (window / {fraction})."
       )
+  largest = max(0, (config.window - 1) // 2)  # Beyond it a hole's centre is matched from outside.
+  if config.shift == -1:  # A fraction of the window, as the high-pass.
+    config.shift = min(largest, max(1, round(config.window / 16)))
+  elif not (isinstance(config.shift, int) and 0 <= config.shift <= largest):
+    raise UserInputError(
+      f"config.shift={config.shift}: use a whole number of px in [0, {largest}] (less than half "
+      f"the {config.window}-px window; 0: off) or -1 (window / 16, at least 1)."
+    )
   if config.stride > config.window:
     raise UserInputError(
       f"config.stride={config.stride} is larger than config.window={config.window}: pixels "
@@ -450,6 +495,7 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
       pad=config.pad,
       # Maps stored before the fields were the paper's |I - I_k|.
       highpass=config.get("highpass", 0.0),
+      shift=config.get("shift", 0),
       smooth=config.get("smooth", 0.0),
     )
 

@@ -618,6 +618,11 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
       if localize.get("highpass", 0)
       else "; each window's |I - I_k| (the paper)"
     )
+    + (
+      f", less what the repainting matches within {localize.shift} px"
+      if localize.get("shift", 0)
+      else ""
+    )
     + (f", D blurred (σ {localize.smooth:g} px)" if localize.get("smooth", 0) else "")
     + "; scale = "
     f"the {localize.percentile:g}th percentile of D over the training normals"

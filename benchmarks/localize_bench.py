@@ -96,7 +96,12 @@ def score_args(score: str, window: int, stride: int) -> dict:
   """The localize job's default score (its config's -1s resolved) or the paper's."""
   if score == "paper":
     return {}
-  return {"pad": stride, "highpass": window / 8, "smooth": window / 16}
+  return {
+    "pad": stride,
+    "highpass": window / 8,
+    "shift": max(1, round(window / 16)),
+    "smooth": window / 16,
+  }
 
 
 def context_side(context: int, window: int, model) -> int:
@@ -162,7 +167,7 @@ def main():
   args = parser.parse_args()
   print(f"machine: {machine_description()}")
   at256 = score_args(args.score, 32, 16)
-  shown = at256 or {"pad": 0, "highpass": 0, "smooth": 0}
+  shown = at256 or {"pad": 0, "highpass": 0, "shift": 0, "smooth": 0}
   print(f"score: {args.score} ({', '.join(f'{k} {v:g}' for k, v in shown.items())} at 256 px)\n")
   print(
     "| generator | image | window/stride | method | passes per map | pass side | s per map | "

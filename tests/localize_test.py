@@ -21,9 +21,13 @@ from configs import stage1
 from tests import helpers
 
 
-def loop_difference_map(params, images, structure, inpaint_fn, window, stride, highpass=0.0):
+def loop_difference_map(
+  params, images, structure, inpaint_fn, window, stride, highpass=0.0, shift=0
+):
   """The plain reference: one window at a time; with `highpass`, each window's signed error minus
-  its Gaussian mean over the hole (scipy's filter, zeros outside the hole)."""
+  its Gaussian mean over the hole (scipy's filter, zeros outside the hole); with `shift`, each hole
+  pixel's least difference to the corrected repainting at the pixels up to `shift` away along its
+  row and column (indices clamped to the image)."""
   h, w = images.shape[1:3]
   total = np.zeros(images.shape, np.float64)
   count = np.zeros(images.shape, np.float64)
@@ -36,6 +40,16 @@ def loop_difference_map(params, images, structure, inpaint_fn, window, stride, h
       sigma = (0, highpass, highpass, 0)
       blur = lambda x: ndimage.gaussian_filter(x, sigma, mode="constant", truncate=3.0)  # noqa: B023
       r = np.where(hole > 0, r - blur(r) / np.maximum(blur(hole), 1e-12), 0.0)
+    if shift:
+      repainted = np.asarray(images, np.float64) - r
+      best = np.abs(r)
+      rows, cols = np.arange(h), np.arange(w)
+      for d in range(-shift, shift + 1):
+        down = repainted[:, np.clip(rows + d, 0, h - 1)]
+        right = repainted[:, :, np.clip(cols + d, 0, w - 1)]
+        for moved in (down, right):
+          best = np.minimum(best, np.abs(np.asarray(images, np.float64) - moved))
+      r = best * hole
     total += np.abs(r) / 2
     count += hole
   return total / count
@@ -197,6 +211,51 @@ class DifferenceMapTest(parameterized.TestCase):
     np.testing.assert_allclose(self.run_map(**kwargs), 0.15, atol=1e-6)
     fn = jax.jit(lambda p, i, s: localize.difference_map(p, i, s, highpass=2.0, **kwargs))
     np.testing.assert_allclose(fn(self.params, self.images, self.structure), 0.0, atol=1e-6)
+
+  @parameterized.parameters("per_window", "multi_window")
+  def test_shift_takes_each_hole_pixels_least_difference_to_the_repainting_nearby(self, method):
+    expected = loop_difference_map(
+      self.params, self.images, self.structure, self.inpaint_fn, 8, 4, highpass=1.5, shift=2
+    )
+    got = self.run_method(
+      self.images,
+      self.structure,
+      window=8,
+      stride=4,
+      chunk=4,
+      method=method,
+      gap=16,
+      highpass=1.5,
+      shift=2,
+    )
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    plain = loop_difference_map(
+      self.params, self.images, self.structure, self.inpaint_fn, 8, 4, highpass=1.5
+    )
+    self.assertLess(expected.mean(), 0.9 * plain.mean())  # Some of the error was only a shift.
+
+  def test_shift_forgives_an_edge_repainted_off_but_not_a_line_the_repainting_lacks(self):
+    # A bone edge (bright right half) that the repainting puts one pixel too far left, and a
+    # one-pixel dark line across the bone that the repainting leaves out.
+    image = np.full((1, 16, 16, 1), -0.6, np.float32)
+    image[:, :, 8:] = 0.6
+    repainted = np.full_like(image, -0.6)
+    repainted[:, :, 7:] = 0.6
+    mask = np.ones_like(image)
+    mask[:, 4:12, 4:12] = 0.0
+    hole = lambda im, rep, shift: np.asarray(localize.hole_difference(im, rep, mask, 0.0, shift))
+    np.testing.assert_allclose(hole(image, repainted, 0)[0, 4:12, 7, 0], 0.6)
+    np.testing.assert_array_equal(hole(image, repainted, 1), 0.0)
+    bone = np.full_like(image, 0.6)
+    with_line = bone.copy()
+    with_line[:, 6, 6:10] = -0.2  # 0.8 darker than the bone, 1 px wide, inside the hole.
+    got = hole(with_line, bone, 1)
+    np.testing.assert_allclose(got[0, 6, 6:10, 0], 0.4)  # The whole |0.8| / 2.
+    self.assertEqual(np.count_nonzero(got), 4)
+    # At the hole's rim the image's own pixels count as the repainting's neighbours: a line that
+    # goes on outside the hole is matched there (other windows cover such pixels inside).
+    with_line[:, 6, 10:] = -0.2
+    np.testing.assert_allclose(hole(with_line, bone, 1)[0, 6, 6:13, 0], [0.4] * 5 + [0.0] * 2)
 
   def test_smooth_blurs_the_mean_over_windows(self):
     plain = self.run_method(self.images, self.structure, window=8, stride=4, chunk=4)
@@ -477,6 +536,21 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     config.smooth = -2.0
     with self.assertRaisesRegex(UserInputError, "config.smooth=-2.0: use a Gaussian sigma"):
       localize.resolve(config, stage1_config)
+
+  def test_shift_defaults_to_a_sixteenth_of_the_window_and_stays_inside_half_of_it(self):
+    stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
+    config = self.config()
+    for window, shift in ((4, 1), (8, 1), (16, 1), (32, 2)):
+      config.window, config.stride = window, 0
+      self.assertEqual(localize.resolve(config, stage1_config).shift, shift)
+    config.window, config.shift = 8, 3
+    self.assertEqual(localize.resolve(config, stage1_config).shift, 3)
+    for bad in (4, -2):
+      config.shift = bad
+      with self.assertRaisesRegex(
+        UserInputError, rf"config.shift={bad}: use a whole number of px in \[0, 3\]"
+      ):
+        localize.resolve(config, stage1_config)
 
   def test_stride_larger_than_the_window_is_refused(self):
     config = self.config()
