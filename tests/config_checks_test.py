@@ -96,8 +96,9 @@ class PipelineSizesTest(absltest.TestCase):
     self.assertEqual((demo.stage1.model.padding, big.stage1.model.padding), ("zero", "reflect"))
     self.assertEqual((demo.stage1.phase1_steps, demo.stage1.phase2_steps), (200, 300))
     self.assertEqual((big.stage1.phase1_steps, big.stage1.phase2_steps), (700, 1050))
-    self.assertEqual((demo.localize.highpass, demo.localize.smooth), (-1.0, -1.0))
-    self.assertEqual((big.localize.highpass, big.localize.smooth), (4.0, 2.0))
+    scores = lambda loc: (loc.highpass, loc.shift, loc.smooth)
+    self.assertEqual(scores(demo.localize), (-1.0, -1, -1.0))
+    self.assertEqual(scores(big.localize), (4.0, 2, 2.0))
 
   def test_unknown_size_names_the_known_ones(self):
     with self.assertRaisesRegex(ValueError, r"'medium'; use smoke, small, small128, full"):
