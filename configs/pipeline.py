@@ -87,7 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # much of it for a wrong brightness (pixel AUPRC 0.440 against 0.526 on `test`).
     config.localize.highpass = 4.0
     config.localize.smooth = 2.0
-    # And the repainting's slack, 2 px: edges are repainted as far off in pixels as the image is
-    # larger (on `validation` pixel AUPRC 0.527 with 1 px, 0.557 with 2).
+    # And the repainting's slack at twice the 64-px value, as the high-pass and blur are doubled:
+    # on a 128-px generator 2, 3 and 4 px scored within one image of each other on `validation`
+    # (pixel AUPRC 0.557-0.569), all above 1 px (0.527; BENCHMARKS.md).
     config.localize.shift = 2
   return config
