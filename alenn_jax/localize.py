@@ -41,6 +41,7 @@ from alenn_jax import (
   input_pipeline,
   le_maps,
   multihost,
+  normal_error,
   report,
   rtv,
   sharding,
@@ -65,6 +66,7 @@ MAP_FIELDS = (
   "highpass",
   "shift",
   "smooth",
+  "normal_error.",
   "data.name",
   "data.image_size",
   "data.selection_fraction",  # Which training images are carved into `selection`.
@@ -457,6 +459,7 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
       f"config.shift={config.shift}: use a whole number of px in [0, {largest}] (less than half "
       f"the {config.window}-px window; 0: off) or -1 (window / 16, at least 1)."
     )
+  _check_normal_error(config)
   if config.stride > config.window:
     raise UserInputError(
       f"config.stride={config.stride} is larger than config.window={config.window}: pixels "
@@ -470,18 +473,55 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
   return config
 
 
+def _check_normal_error(config) -> None:
+  """One `error:` line for a `config.normal_error` field out of its range."""
+  ne = config.get("normal_error")
+  if ne is None or ne.patch == 0:
+    return
+
+  def whole(value, least):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+  checks = (
+    (
+      "patch",
+      whole(ne.patch, 1) and ne.patch % 2 == 1,
+      "an odd number of px (the side of the neighbourhood a pixel is described by), or 0 (off)",
+    ),
+    ("codes", whole(ne.codes, 2), "a whole number >= 2 (k-means classes)"),
+    (
+      "pixels",
+      whole(ne.pixels, ne.codes if whole(ne.codes, 2) else 2),
+      f"a whole number >= codes ({ne.codes}): the normal pixels the classes are fitted on",
+    ),
+    ("images", whole(ne.images, 1), "a whole number >= 1: the training normals mapped to fit them"),
+    ("iterations", whole(ne.iterations, 0), "a whole number >= 0 (k-means steps)"),
+    (
+      "floor",
+      isinstance(ne.floor, (int, float)) and ne.floor > 0,
+      "a number > 0: the fraction of the normals' mean D added to E",
+    ),
+  )
+  for field, ok, what in checks:
+    if not ok:
+      raise UserInputError(f"config.normal_error.{field}={ne[field]!r}: use {what}.")
+
+
 def make_map_step(config, generator: checkpointing.TrainedGenerator):
-  """`(params, images, boxes) -> D`, built once per run (`boxes`: each image's `valid_box` in its
-  letterboxed square, on this process's devices or host). A batch whose images all fill their
-  square runs the program without the letterbox fill, so maps of square images are bit for bit
-  those of `letterbox="zero"`."""
+  """`(params, images, boxes, normal=None) -> D`, built once per run (`boxes`: each image's
+  `valid_box` in its letterboxed square, on this process's devices or host; `normal`: a fitted
+  `normal_error.Model`, which divides D by the error normals of each pixel's appearance get, or
+  None for the raw D). A batch whose images all fill their square runs the program without the
+  letterbox fill, so maps of square images are bit for bit those of `letterbox="zero"`."""
   inpaint_fn = stage1_inpaint_fn(generator.gen_s, generator.gen_t)
   # Maps stored before the field saw the letterbox bars as stage 1 does (zeros).
   letterbox = config.get("letterbox", "zero")
 
-  def plain(params, images):
+  patch = int(config.get("normal_error", {}).get("patch", 0))
+
+  def plain(params, images, normal):
     structure = rtv.structure_of(images, generator.rtv)
-    return difference_map(
+    d = difference_map(
       params,
       images,
       structure,
@@ -498,18 +538,86 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
       shift=config.get("shift", 0),
       smooth=config.get("smooth", 0.0),
     )
+    if normal is None:
+      return d
+    return normal_error.calibrate(normal, images, d, patch)
 
   plain = jax.jit(plain)
-  filled = jax.jit(lambda p, images, boxes: plain(p, reflect_into_letterbox(images, boxes)))
+  filled = jax.jit(lambda p, images, boxes, n: plain(p, reflect_into_letterbox(images, boxes), n))
 
-  def step(params, images, boxes):
+  def step(params, images, boxes, normal=None):
     if letterbox == "reflect":
       sides = np.asarray(jax.device_get(boxes))[:, 2:]
       if np.any(sides != np.asarray(images.shape[1:3])):
-        return filled(params, images, boxes)
-    return plain(params, images)
+        return filled(params, images, boxes, normal)
+    return plain(params, images, normal)
 
   return step
+
+
+def canvas(config, images, boxes):
+  """The images as `make_map_step` repaints them: with the letterbox bars reflected when
+  `config.letterbox` is "reflect" (square images are unchanged either way)."""
+  if config.get("letterbox", "zero") == "reflect":
+    return reflect_into_letterbox(images, boxes)
+  return images
+
+
+def normal_error_path(workdir: str, fold: int | None = None) -> str:
+  """Where the normal-error model of the maps of `fold` (None: not cross-fitted) is stored."""
+  name = "normal_error.npz" if fold is None else f"normal_error_f{fold}.npz"
+  return os.path.join(workdir, le_maps.LE_MAPS, name)
+
+
+def fit_normal_error(config, step, params, mesh, fold: int | None) -> normal_error.Model:
+  """`normal_error.fit` on the raw D of the first `config.normal_error.images` training normals
+  (of `fold`'s when cross-fitted: images the generator of that fold did not see)."""
+  ne = config.normal_error
+  t0 = time.perf_counter()
+  split = config.data.train_split
+  chosen = input_pipeline.selected_indices(config.data, split, labels=(0,), fold=fold)
+  if not len(chosen):
+    raise UserInputError(
+      f"no normal training images in {config.data.name} to fit config.normal_error on; set "
+      "config.normal_error.patch=0 to map without it."
+    )
+  chosen = chosen[: ne.images]
+  images, ds, valid = [], [], []
+  for batch in input_pipeline.batches_alone(config.data, mesh, split, chosen):
+    boxes = np.asarray(batch["valid_box"])
+    d = np.asarray(jax.device_get(step(params, batch["image"], batch["valid_box"])))
+    image = np.asarray(jax.device_get(canvas(config, batch["image"], batch["valid_box"])))
+    _, h, w, _ = image.shape
+    for i, weight in enumerate(np.asarray(batch["weight"])):
+      if weight > 0:
+        top, left, bh, bw = boxes[i]
+        inside = np.zeros((h, w), bool)
+        inside[top : top + bh, left : left + bw] = True
+        images.append(image[i])
+        ds.append(d[i])
+        valid.append(inside)
+  model = normal_error.fit(
+    np.stack(images),
+    np.stack(ds),
+    np.stack(valid),
+    patch=ne.patch,
+    codes=ne.codes,
+    pixels=ne.pixels,
+    iterations=ne.iterations,
+    floor_fraction=ne.floor,
+    seed=config.data.seed,
+  )
+  logging.info(
+    "normal_error: %d classes of %dx%d patches fitted on %d training normals%s in %.1f s; floor %g",
+    ne.codes,
+    ne.patch,
+    ne.patch,
+    len(images),
+    "" if fold is None else f" (fold {fold})",
+    time.perf_counter() - t0,
+    float(model.floor),
+  )
+  return model
 
 
 class _Shard(NamedTuple):
@@ -539,10 +647,12 @@ def plan_shards(config, splits, folds: int) -> tuple[list[_Shard], dict]:
   return shards, indices
 
 
-def map_shards(config, step, params_of, mesh, workdir: str, shards, indices) -> int:
+def map_shards(
+  config, step, params_of, mesh, workdir: str, shards, indices, normal_of=lambda fold: None
+) -> int:
   """Computes and stores D for each of `shards` with `make_map_step`'s `step` on this process's
-  `mesh` (`params_of(fold)`: the generator parameters that map that fold); returns the images
-  mapped."""
+  `mesh` (`params_of(fold)`: the generator parameters that map that fold; `normal_of(fold)`: its
+  normal-error model or None); returns the images mapped."""
   t0, computed = time.perf_counter(), 0
   total = sum(s.stop - s.start for s in shards)
   local_batch = config.data.batch_size // jax.process_count()
@@ -559,7 +669,7 @@ def map_shards(config, step, params_of, mesh, workdir: str, shards, indices) -> 
       ids, maps = [], []
       for _ in range(-(-(shard.stop - shard.start) // local_batch)):
         batch = next(iterator)
-        d = step(params_of(shard.fold), batch["image"], batch["valid_box"])
+        d = step(params_of(shard.fold), batch["image"], batch["valid_box"], normal_of(shard.fold))
         d = np.asarray(jax.device_get(d))[..., 0]
         boxes = np.asarray(batch["valid_box"])
         for i, weight in enumerate(np.asarray(batch["weight"])):
@@ -701,8 +811,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     jax.process_count(),
   )
   params = [g.params for g in generators]
+  models = [None] * len(generators)
+  if todo and config.get("normal_error") is not None and config.normal_error.patch:
+    folds = [None] if config.folds <= 1 else list(range(config.folds))
+    for k, fold in enumerate(folds):
+      path = normal_error_path(workdir, fold)
+      if not os.path.exists(path) and jax.process_index() == 0:
+        model = fit_normal_error(config, step, params[k], mesh, fold)
+        normal_error.save(path, model, patch=config.normal_error.patch)
+    multihost.barrier("localize: normal-error models written")
+    models = [normal_error.load(normal_error_path(workdir, fold)) for fold in folds]
   map_shards(
-    config, step, lambda fold: params[fold or 0], mesh, workdir, [todo[i] for i in share], indices
+    config,
+    step,
+    lambda fold: params[fold or 0],
+    mesh,
+    workdir,
+    [todo[i] for i in share],
+    indices,
+    lambda fold: models[fold or 0],
   )
   multihost.barrier("localize: every share of the maps written")
   counts = {}

@@ -49,6 +49,7 @@ from alenn_jax import (
   input_pipeline,
   le_maps,
   localize,
+  normal_error,
   sharding,
   train_classifier,
 )
@@ -140,6 +141,8 @@ class Models:
   scale: float | None
   classifiers: list[Classifier]
   data: ml_collections.ConfigDict  # The training data's config (max_side comes from it).
+  # The localize run's normal-error model (`normal_error.Model`), None when it used none.
+  normal: object = None
 
 
 def _classifier_dirs(workdir: str) -> list[str]:
@@ -193,7 +196,7 @@ def find_runs(workdir: str) -> tuple[str | None, list[str]]:
 def load_models(from_workdir: str, mesh) -> Models:
   """The generator, map settings, LE scale and classifiers of `from_workdir` (see `find_runs`)."""
   loc, classifier_dirs = find_runs(from_workdir)
-  localize_config = generator = scale = None
+  localize_config = generator = scale = normal = None
   if loc is not None:
     localize_config = checkpointing.read_stored_config(loc, "localize", "localize run")
     source = localize_config.generator.workdir
@@ -204,6 +207,7 @@ def load_models(from_workdir: str, mesh) -> Models:
       )
     generator = checkpointing.load_generator(source, localize_config.generator.step, mesh)
     scale = le_maps.read_scale(loc)
+    normal = _normal_error_model(loc, localize_config)
   classifiers = []
   for directory in classifier_dirs:
     config = checkpointing.read_stored_config(directory, "classifier", "classifier run")
@@ -227,7 +231,22 @@ def load_models(from_workdir: str, mesh) -> Models:
       )
     )
   data = (localize_config or classifiers[0].config).data
-  return Models(localize_config, generator, scale, classifiers, data)
+  return Models(localize_config, generator, scale, classifiers, data, normal)
+
+
+def _normal_error_model(loc: str, localize_config: ml_collections.ConfigDict):
+  """The normal-error model the maps of `loc` were divided by (that of the generator predict
+  maps with, fold 0's when cross-fitted), or None when they were not."""
+  ne = localize_config.get("normal_error")
+  if ne is None or not ne.patch:
+    return None
+  path = localize.normal_error_path(loc, 0 if localize_config.get("folds", 1) > 1 else None)
+  if not os.path.exists(path):
+    raise UserInputError(
+      f"the LE maps in {loc} were divided by a normal-error model ({path}), which is gone; make "
+      "the maps again with configs/localize.py (--config.force_restart=True)."
+    )
+  return normal_error.load(path)
 
 
 def max_side_of(data: ml_collections.ConfigDict) -> int | None:
@@ -335,7 +354,9 @@ class _Predictor:
     stack += [stack[0]] * (self.batch_size - len(stack))
     boxes += [boxes[0]] * (self.batch_size - len(boxes))
     images = self._global(np.stack(stack)[..., None])
-    d = self.map_step(self.models.generator.params, images, self._global(np.asarray(boxes)))
+    d = self.map_step(
+      self.models.generator.params, images, self._global(np.asarray(boxes)), self.models.normal
+    )
     d = np.asarray(jax.device_get(d))[..., 0]
     out = []
     for i, (top, left, h, w) in enumerate(boxes[: len(pictures)]):

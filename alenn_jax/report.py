@@ -624,6 +624,13 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
       else ""
     )
     + (f", D blurred (σ {localize.smooth:g} px)" if localize.get("smooth", 0) else "")
+    + (
+      f", then divided by the error training normals of the same appearance get (k-means of "
+      f"{localize.normal_error.patch}x{localize.normal_error.patch}-px neighbourhoods, "
+      f"{localize.normal_error.codes} classes, from {localize.normal_error.images} normals)"
+      if localize.get("normal_error") is not None and localize.normal_error.patch
+      else ""
+    )
     + "; scale = "
     f"the {localize.percentile:g}th percentile of D over the training normals"
     + (

@@ -10,7 +10,7 @@ from absl.testing import absltest, parameterized
 from scipy import ndimage
 from sklearn import metrics as skm
 
-from alenn_jax import checkpointing, le_maps, localize, report, sharding
+from alenn_jax import checkpointing, le_maps, localize, normal_error, report, sharding
 from alenn_jax import masks as masks_lib
 from alenn_jax import train_inpainting as ti
 from alenn_jax.datasets.phantoms import render
@@ -457,6 +457,36 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     localize.run(config, workdir)
     self.assertLen([n for n in os.listdir(workdir) if n.startswith("le_maps.replaced-")], 1)
 
+  def test_maps_are_the_raw_difference_divided_by_the_fitted_normal_error(self):
+    config = self.config()
+    config.init_from = self.workdir
+    self.assertEqual(config.normal_error.patch, 0)  # Off unless asked for.
+    config.normal_error.patch = 9
+    calibrated_dir, raw_dir = (os.path.join(self.tmp, n) for n in ("calibrated", "raw"))
+    localize.run(config, calibrated_dir)
+    path = localize.normal_error_path(calibrated_dir)
+    model = normal_error.load(path)
+    self.assertEqual(model.codes.shape, (config.normal_error.codes, config.normal_error.patch**2))
+    config.normal_error.patch = 0
+    localize.run(config, raw_dir)
+    self.assertFalse(os.path.exists(localize.normal_error_path(raw_dir)))
+    stored = checkpointing.read_stored_config(calibrated_dir, "localize", "localize run")
+    mesh = sharding.make_mesh(jax.local_devices())
+    examples = report._collect(stored, mesh, "validation")
+    images = np.stack([ex["image"] for ex in examples])[..., None] * 2.0 - 1.0
+    raw = le_maps.read_difference_maps(raw_dir, "validation")
+    calibrated = le_maps.read_difference_maps(calibrated_dir, "validation")
+    d = np.stack([raw[ex["id"]] for ex in examples])[..., None]
+    expected = np.asarray(normal_error.calibrate(model, jnp.asarray(images), d, 9))
+    got = np.stack([calibrated[ex["id"]] for ex in examples])[..., None]
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-4)  # Stored as float16.
+    self.assertFalse(np.allclose(got, d))
+
+    # The model is part of the maps: another patch size is refused like any method field.
+    config.normal_error.patch = 5
+    with self.assertRaisesRegex(UserInputError, "config.normal_error.patch=5 differs"):
+      localize.run(config, calibrated_dir)
+
   def test_missing_maps_or_generator_are_a_clear_error(self):
     with self.assertRaisesRegex(UserInputError, "run the localize job|no LE maps"):
       le_maps.read_le_maps(os.path.join(self.tmp, "nothing"), "train")
@@ -551,6 +581,25 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
         UserInputError, rf"config.shift={bad}: use a whole number of px in \[0, 3\]"
       ):
         localize.resolve(config, stage1_config)
+
+  @parameterized.parameters(
+    ("patch", 4, "an odd number of px"),
+    ("patch", -3, "an odd number of px"),
+    ("codes", 1, "a whole number >= 2"),
+    ("pixels", 100, r"a whole number >= codes \(1024\)"),
+    ("images", 0, "a whole number >= 1"),
+    ("iterations", -1, "a whole number >= 0"),
+    ("floor", 0.0, "a number > 0"),
+  )
+  def test_a_normal_error_field_out_of_range_is_refused_naming_it(self, field, value, message):
+    stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
+    config = localize_config.get_config("small")
+    config.normal_error.patch = 9
+    config.normal_error[field] = value
+    with self.assertRaisesRegex(
+      UserInputError, rf"config.normal_error.{field}={value}: use {message}"
+    ):
+      localize.resolve(config, stage1_config)
 
   def test_stride_larger_than_the_window_is_refused(self):
     config = self.config()
