@@ -1,6 +1,7 @@
 """Sliding-window difference maps, LE maps, the localize job and the localization scores."""
 
 import csv
+import dataclasses
 import os
 
 import jax
@@ -10,7 +11,7 @@ from absl.testing import absltest, parameterized
 from scipy import ndimage
 from sklearn import metrics as skm
 
-from alenn_jax import checkpointing, le_maps, localize, normal_error, report, sharding
+from alenn_jax import checkpointing, le_maps, localize, normal_error, predict, report, sharding
 from alenn_jax import masks as masks_lib
 from alenn_jax import train_inpainting as ti
 from alenn_jax.datasets.phantoms import render
@@ -481,6 +482,21 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     got = np.stack([calibrated[ex["id"]] for ex in examples])[..., None]
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-4)  # Stored as float16.
     self.assertFalse(np.allclose(got, d))
+
+    # predict maps new pictures with the same model: its D is the raw D divided alike.
+    models = predict.load_models(calibrated_dir, mesh)
+    predictor = predict._Predictor(models, mesh)
+    pictures = [np.round(ex["image"] * 255.0).astype(np.uint8) for ex in examples[:4]]
+    with_model = np.stack(predictor.difference_maps(pictures))[..., None]
+    predictor.models = dataclasses.replace(models, normal=None)
+    without = np.stack(predictor.difference_maps(pictures))[..., None]
+    inputs = np.stack(pictures)[..., None].astype(np.float32) / 255.0 * 2.0 - 1.0
+    expected = np.asarray(normal_error.calibrate(model, jnp.asarray(inputs), without, 9))
+    np.testing.assert_allclose(with_model, expected, rtol=2e-3, atol=1e-4)
+    os.rename(path, path + ".moved")
+    with self.assertRaisesRegex(UserInputError, "normal-error model .* which is gone"):
+      predict.load_models(calibrated_dir, mesh)
+    os.rename(path + ".moved", path)
 
     # The model is part of the maps: another patch size is refused like any method field.
     config.normal_error.patch = 5

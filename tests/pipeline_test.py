@@ -35,7 +35,6 @@ def smoke_config(data_dir: str):
   config = pipeline_config.get_config("smoke")
   config.data.data_dir = data_dir
   config.backbones = ("resnet50", "densenet121")  # The other two run in models_test.
-  config.localize.normal_error.patch = 9  # As the demo: predict must apply the same model.
   return config
 
 
