@@ -460,6 +460,9 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
       f"the {config.window}-px window; 0: off) or -1 (window / 16, at least 1)."
     )
   _check_normal_error(config)
+  if "normal_error" in config and not config.normal_error.patch:
+    with config.unlocked():  # Off: kept out of the stored record, as maps made before it.
+      del config["normal_error"]
   if config.stride > config.window:
     raise UserInputError(
       f"config.stride={config.stride} is larger than config.window={config.window}: pixels "

@@ -471,6 +471,8 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     config.normal_error.patch = 0
     localize.run(config, raw_dir)
     self.assertFalse(os.path.exists(localize.normal_error_path(raw_dir)))
+    # Off, it is not part of the maps' record: maps made before the field stay valid.
+    self.assertNotIn("normal_error", checkpointing.read_stored_config(raw_dir, "localize", "x"))
     stored = checkpointing.read_stored_config(calibrated_dir, "localize", "localize run")
     mesh = sharding.make_mesh(jax.local_devices())
     examples = report._collect(stored, mesh, "validation")
