@@ -126,12 +126,20 @@ def fit(
 
 def expected_error(model: Model, images, patch: int, chunk: int = 8192):
   """E `[B, H, W, 1]`: the mean normal D of the class nearest to each pixel's patch, `chunk`
-  pixels at a time (the distances of a chunk to every code are `[chunk, C]`)."""
+  pixels of every image at a time (the distances of a chunk to every code are `[B, chunk, C]`).
+  The batch axis stays the outer one, so on a mesh each device keeps its own images' pixels."""
   b, h, w, _ = images.shape
-  x = patches(images, patch).reshape(-1, patch * patch)
-  pad = -len(x) % chunk
-  x = jnp.pad(x, ((0, pad), (0, 0))).reshape(-1, chunk, patch * patch)
-  member = jax.lax.map(lambda rows: _nearest(rows, model.codes), x).reshape(-1)[: b * h * w]
+  chunk = max(1, min(chunk, h * w))
+  x = patches(images, patch).reshape(b, h * w, patch * patch)
+  pad = -(h * w) % chunk
+  x = jnp.pad(x, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, chunk, patch * patch)
+
+  def nearest(rows):  # [B, chunk, P] -> [B, chunk]
+    distance = (model.codes * model.codes).sum(1) - 2.0 * rows @ model.codes.T
+    return jnp.argmin(distance, axis=-1)
+
+  member = jax.lax.map(nearest, jnp.moveaxis(x, 1, 0))  # [n, B, chunk]
+  member = jnp.moveaxis(member, 0, 1).reshape(b, -1)[:, : h * w]
   return model.expected[member].reshape(b, h, w, 1)
 
 

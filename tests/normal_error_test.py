@@ -109,9 +109,17 @@ class NormalErrorTest(parameterized.TestCase):
       iterations=4,
       floor_fraction=0.5,
     )
-    whole = normal_error.expected_error(model, jnp.asarray(images), 3, chunk=8 * 24 * 24)
-    chunked = normal_error.expected_error(model, jnp.asarray(images), 3, chunk=1000)
+    whole = normal_error.expected_error(model, jnp.asarray(images), 3, chunk=24 * 24)
+    chunked = normal_error.expected_error(model, jnp.asarray(images), 3, chunk=100)
     np.testing.assert_array_equal(np.asarray(whole), np.asarray(chunked))
+    # And it is the mean D of a nearest code (brute force; ties may go either way).
+    x = np.asarray(normal_error.patches(jnp.asarray(images), 3)).reshape(-1, 9)
+    distance = ((x[:, None] - np.asarray(model.codes)[None]) ** 2).sum(-1)  # [pixels, codes]
+    expected = np.asarray(model.expected)
+    got = np.asarray(chunked).reshape(-1)
+    for i in range(len(x)):
+      nearest = np.flatnonzero(distance[i] <= distance[i].min() + 1e-4)
+      self.assertIn(got[i], expected[nearest])
 
   def test_a_saved_model_loads_as_it_was(self):
     rng = np.random.default_rng(5)
