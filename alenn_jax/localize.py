@@ -520,8 +520,6 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
   # Maps stored before the field saw the letterbox bars as stage 1 does (zeros).
   letterbox = config.get("letterbox", "zero")
 
-  patch = int(config.get("normal_error", {}).get("patch", 0))
-
   def plain(params, images, normal):
     structure = rtv.structure_of(images, generator.rtv)
     d = difference_map(
@@ -543,7 +541,7 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
     )
     if normal is None:
       return d
-    return normal_error.calibrate(normal, images, d, patch)
+    return normal_error.calibrate(normal, images, d)
 
   plain = jax.jit(plain)
   filled = jax.jit(lambda p, images, boxes, n: plain(p, reflect_into_letterbox(images, boxes), n))
@@ -821,7 +819,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       path = normal_error_path(workdir, fold)
       if not os.path.exists(path) and jax.process_index() == 0:
         model = fit_normal_error(config, step, params[k], mesh, fold)
-        normal_error.save(path, model, patch=config.normal_error.patch)
+        normal_error.save(path, model)
     multihost.barrier("localize: normal-error models written")
     models = [normal_error.load(normal_error_path(workdir, fold)) for fold in folds]
   map_shards(

@@ -26,6 +26,7 @@ divided by the error of the nearest normal appearance (bone, usually low). The m
 fixed function of the image for every image: nothing is normalised per image.
 """
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -55,9 +56,9 @@ def patches(images, patch: int):
 
 
 def _nearest(x, codes):
-  """Index of the code nearest to each row of `x` `[N, P]` (squared Euclidean distance)."""
-  distance = (codes * codes).sum(1)[None] - 2.0 * x @ codes.T  # |x|^2 is the same for every code.
-  return jnp.argmin(distance, axis=1)
+  """Index of the code nearest to each vector of `x` `[..., P]` (squared Euclidean distance)."""
+  distance = (codes * codes).sum(1) - 2.0 * x @ codes.T  # |x|^2 is the same for every code.
+  return jnp.argmin(distance, axis=-1)
 
 
 _nearest_jit = jax.jit(_nearest)
@@ -124,34 +125,36 @@ def fit(
   )
 
 
-def expected_error(model: Model, images, patch: int, chunk: int = 8192):
+def patch_side(model: Model) -> int:
+  """The side of the neighbourhoods `model` was fitted on (its codes hold side**2 values)."""
+  return math.isqrt(model.codes.shape[-1])
+
+
+def expected_error(model: Model, images, chunk: int = 8192):
   """E `[B, H, W, 1]`: the mean normal D of the class nearest to each pixel's patch, `chunk`
   pixels of every image at a time (the distances of a chunk to every code are `[B, chunk, C]`).
   The batch axis stays the outer one, so on a mesh each device keeps its own images' pixels."""
   b, h, w, _ = images.shape
+  patch = patch_side(model)
   chunk = max(1, min(chunk, h * w))
   x = patches(images, patch).reshape(b, h * w, patch * patch)
   pad = -(h * w) % chunk
   x = jnp.pad(x, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, chunk, patch * patch)
-
-  def nearest(rows):  # [B, chunk, P] -> [B, chunk]
-    distance = (model.codes * model.codes).sum(1) - 2.0 * rows @ model.codes.T
-    return jnp.argmin(distance, axis=-1)
-
-  member = jax.lax.map(nearest, jnp.moveaxis(x, 1, 0))  # [n, B, chunk]
+  # [n, B, chunk]: chunk by chunk, each `[B, chunk, P]`.
+  member = jax.lax.map(lambda rows: _nearest(rows, model.codes), jnp.moveaxis(x, 1, 0))
   member = jnp.moveaxis(member, 0, 1).reshape(b, -1)[:, : h * w]
   return model.expected[member].reshape(b, h, w, 1)
 
 
-def calibrate(model: Model, images, d, patch: int):
+def calibrate(model: Model, images, d):
   """D / (E + floor), `[B, H, W, 1]` images in [-1, 1] and their D."""
-  return d / (expected_error(model, images, patch) + model.floor)
+  return d / (expected_error(model, images) + model.floor)
 
 
-def save(path: str, model: Model, **details) -> None:
-  """The model as an npz (written atomically), with `details` (e.g. how it was fitted)."""
+def save(path: str, model: Model) -> None:
+  """The model as an npz (written atomically)."""
   with image_io.atomic_open(path, "wb") as f:
-    np.savez(f, **{k: np.asarray(v) for k, v in model._asdict().items()}, **details)
+    np.savez(f, **{k: np.asarray(v) for k, v in model._asdict().items()})
 
 
 def load(path: str) -> Model:

@@ -480,7 +480,7 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     raw = le_maps.read_difference_maps(raw_dir, "validation")
     calibrated = le_maps.read_difference_maps(calibrated_dir, "validation")
     d = np.stack([raw[ex["id"]] for ex in examples])[..., None]
-    expected = np.asarray(normal_error.calibrate(model, jnp.asarray(images), d, 9))
+    expected = np.asarray(normal_error.calibrate(model, jnp.asarray(images), d))
     got = np.stack([calibrated[ex["id"]] for ex in examples])[..., None]
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=1e-4)  # Stored as float16.
     self.assertFalse(np.allclose(got, d))
@@ -493,7 +493,7 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     predictor.models = dataclasses.replace(models, normal=None)
     without = np.stack(predictor.difference_maps(pictures))[..., None]
     inputs = np.stack(pictures)[..., None].astype(np.float32) / 255.0 * 2.0 - 1.0
-    expected = np.asarray(normal_error.calibrate(model, jnp.asarray(inputs), without, 9))
+    expected = np.asarray(normal_error.calibrate(model, jnp.asarray(inputs), without))
     np.testing.assert_allclose(with_model, expected, rtol=2e-3, atol=1e-4)
     os.rename(path, path + ".moved")
     with self.assertRaisesRegex(UserInputError, "normal-error model .* which is gone"):

@@ -73,8 +73,8 @@ class NormalErrorTest(parameterized.TestCase):
       floor_fraction=1.0,
     )
     test_images, test_d, firsts = lines_and_blob(4, rng, blob=True)
-    expected = np.asarray(normal_error.expected_error(model, jnp.asarray(test_images), 3))
-    calibrated = np.asarray(normal_error.calibrate(model, jnp.asarray(test_images), test_d, 3))
+    expected = np.asarray(normal_error.expected_error(model, jnp.asarray(test_images)))
+    calibrated = np.asarray(normal_error.calibrate(model, jnp.asarray(test_images), test_d))
     for i, first in enumerate(firsts):
       line, spot = (20, first + 4), (11, first + 6)
       # The lines, which every normal has, get the normals' error there; the spot, the same raw
@@ -109,8 +109,8 @@ class NormalErrorTest(parameterized.TestCase):
       iterations=4,
       floor_fraction=0.5,
     )
-    whole = normal_error.expected_error(model, jnp.asarray(images), 3, chunk=24 * 24)
-    chunked = normal_error.expected_error(model, jnp.asarray(images), 3, chunk=100)
+    whole = normal_error.expected_error(model, jnp.asarray(images), chunk=24 * 24)
+    chunked = normal_error.expected_error(model, jnp.asarray(images), chunk=100)
     np.testing.assert_array_equal(np.asarray(whole), np.asarray(chunked))
     # And it is the mean D of a nearest code (brute force; ties may go either way).
     x = np.asarray(normal_error.patches(jnp.asarray(images), 3)).reshape(-1, 9)
@@ -136,7 +136,7 @@ class NormalErrorTest(parameterized.TestCase):
     )
     with tempfile.TemporaryDirectory() as tmp:
       path = os.path.join(tmp, "m.npz")
-      normal_error.save(path, model, patch=3)
+      normal_error.save(path, model)
       loaded = normal_error.load(path)
     for a, b in zip(model, loaded, strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
