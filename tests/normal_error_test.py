@@ -41,6 +41,11 @@ def lines_and_blob(n: int, rng, blob: bool = False):
   return images, d, firsts
 
 
+def fit_everywhere(images, d, **fields):
+  """`normal_error.fit` on every pixel of `images` (no letterbox bars)."""
+  return normal_error.fit(images, d, np.ones(images.shape[:3], bool), **fields)
+
+
 class NormalErrorTest(parameterized.TestCase):
   @parameterized.parameters(1, 3, 5)
   def test_patches_are_each_pixels_reflected_neighbourhood(self, patch):
@@ -62,10 +67,9 @@ class NormalErrorTest(parameterized.TestCase):
   def test_the_normals_own_error_is_discounted_and_a_new_appearance_is_not(self):
     rng = np.random.default_rng(2)
     images, d, _ = lines_and_blob(40, rng)
-    model = normal_error.fit(
+    model = fit_everywhere(
       images,
       d,
-      np.ones(images.shape[:3], bool),
       patch=3,
       codes=8,
       pixels=8000,
@@ -99,10 +103,9 @@ class NormalErrorTest(parameterized.TestCase):
   def test_the_chunk_does_not_change_the_error(self):
     rng = np.random.default_rng(4)
     images, d, _ = lines_and_blob(8, rng)
-    model = normal_error.fit(
+    model = fit_everywhere(
       images,
       d,
-      np.ones(images.shape[:3], bool),
       patch=3,
       codes=5,
       pixels=2000,
@@ -124,10 +127,9 @@ class NormalErrorTest(parameterized.TestCase):
   def test_a_saved_model_loads_as_it_was(self):
     rng = np.random.default_rng(5)
     images, d, _ = lines_and_blob(4, rng)
-    model = normal_error.fit(
+    model = fit_everywhere(
       images,
       d,
-      np.ones(images.shape[:3], bool),
       patch=3,
       codes=4,
       pixels=500,
