@@ -16,6 +16,7 @@ argument is one line naming the field instead of a traceback minutes into a run.
   selection_fraction     data's: in (0, 0.5] (the share of train patients carved into `selection`)
   image_size, batch_size positive (a localize config's image_size may be 0: the stage 1 run's)
   window, stride         a localize config's: 1 <= stride <= window (0: stage 1's defaults)
+  foreground             a localize config's: one of foreground.MODES
   method, gap, context   a localize config's: method one of localize.METHODS; multi_window's gap
                          >= 1 (0: the window), so a group's windows never touch; context's crop
                          at least window + 2 (0: the window plus the generator's receptive field)
@@ -25,7 +26,7 @@ import dataclasses
 
 import ml_collections
 
-from alenn_jax import fusion, localize, masks, models, rtv
+from alenn_jax import foreground, fusion, localize, masks, models, rtv
 from alenn_jax.datasets.folder.folder import GROUP_BY
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting
@@ -130,6 +131,7 @@ def validate(
       )
     method = config.get("method", "per_window")
     _check_choice(f"{path}.method", method, localize.METHODS)
+    _check_choice(f"{path}.foreground", config.get("foreground", "none"), foreground.MODES)
     gap, context = config.get("gap", 0), config.get("context", 0)
     if method == "multi_window" and (not isinstance(gap, int) or gap < 0):
       _fail(

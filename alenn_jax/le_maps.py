@@ -4,10 +4,11 @@ anything else that uses a localize workdir's maps.
 A localize workdir W holds, per split, `W/le_maps/<split>/shard_XXXXX.npz` (cross-fitted maps:
 `shard_f<fold>_XXXXX.npz`, one series per fold's generator), each with `ids` (str
 [N]), `shapes` (int32 [N, 2]) and `offsets` (int64 [N + 1]) into `data` (float16, the difference
-maps D of all N images flattened, each cropped back to the image inside the letterbox square), and
-`W/le_maps/scale.json`: the dataset-level constant that turns D into the LE map,
-LE = clip(D / scale, 0, 1). Never normalised per image: that would invent a lesion in every normal
-image.
+maps D of all N images flattened, each cropped back to the image inside the letterbox square)
+and, when the maps were kept to a foreground (`config.localize.foreground`), `foreground` (each
+image's body as packed booleans; D is zero outside it); and `W/le_maps/scale.json`: the
+dataset-level constant that turns D into the LE map, LE = clip(D / scale, 0, 1). Never normalised
+per image: that would invent a lesion in every normal image.
 """
 
 import glob
@@ -36,22 +37,29 @@ def le_map(d: np.ndarray, scale: float) -> np.ndarray:
   return np.clip(np.asarray(d, np.float32) / scale, 0.0, 1.0)
 
 
-def write_shard(path: str, ids, maps) -> None:
-  """Stores the `[h, w]` maps of `ids` in one shard (atomically)."""
+def _flat(arrays, dtype) -> np.ndarray:
+  return np.concatenate([a.ravel() for a in arrays]).astype(dtype) if arrays else np.zeros(0, dtype)
+
+
+def write_shard(path: str, ids, maps, bodies=None) -> None:
+  """Stores the `[h, w]` maps of `ids` in one shard (atomically), with each image's foreground
+  (`bodies`, boolean `[h, w]`: the pixels the map keeps; None: every pixel)."""
   shapes = np.asarray([m.shape for m in maps], np.int32).reshape(-1, 2)
   offsets = np.concatenate([[0], np.cumsum([m.size for m in maps])]).astype(np.int64)
-  data = (
-    np.concatenate([m.ravel() for m in maps]).astype(np.float16)
-    if maps
-    else np.zeros(0, np.float16)
-  )
+  arrays = {"data": _flat(maps, np.float16)}
+  if bodies is not None:
+    arrays["foreground"] = np.packbits(_flat(bodies, bool))
   with image_io.atomic_open(path, "wb") as f:
-    np.savez(f, ids=np.asarray(ids, dtype=str), shapes=shapes, offsets=offsets, data=data)
+    np.savez(f, ids=np.asarray(ids, dtype=str), shapes=shapes, offsets=offsets, **arrays)
+
+
+def _shard_files(workdir: str, split: str) -> list[str]:
+  return sorted(glob.glob(os.path.join(workdir, LE_MAPS, split, "shard_*.npz")))
 
 
 def read_difference_maps(workdir: str, split: str) -> dict[str, np.ndarray]:
   """id -> D (float32 `[h, w]`, the image's own letterboxed extent) of every shard of `split`."""
-  files = sorted(glob.glob(os.path.join(workdir, LE_MAPS, split, "shard_*.npz")))
+  files = _shard_files(workdir, split)
   if not files:
     raise UserInputError(
       f"no LE maps for split {split!r} in {workdir}/{LE_MAPS}; run "
@@ -63,6 +71,21 @@ def read_difference_maps(workdir: str, split: str) -> dict[str, np.ndarray]:
       ids, shapes, offsets, data = shard["ids"], shard["shapes"], shard["offsets"], shard["data"]
     for i, example_id in enumerate(ids):
       out[str(example_id)] = data[offsets[i] : offsets[i + 1]].astype(np.float32).reshape(shapes[i])
+  return out
+
+
+def read_foreground(workdir: str, split: str) -> dict[str, np.ndarray]:
+  """id -> the foreground its map was kept on (boolean `[h, w]`), for the images of `split` whose
+  maps were made with one (`config.localize.foreground`); others are absent."""
+  out = {}
+  for path in _shard_files(workdir, split):
+    with np.load(path) as shard:
+      if "foreground" not in shard.files:
+        continue
+      ids, shapes, offsets = shard["ids"], shard["shapes"], shard["offsets"]
+      flat = np.unpackbits(shard["foreground"], count=int(offsets[-1])).astype(bool)
+    for i, example_id in enumerate(ids):
+      out[str(example_id)] = flat[offsets[i] : offsets[i + 1]].reshape(shapes[i])
   return out
 
 

@@ -37,6 +37,7 @@ from absl import logging
 
 from alenn_jax import (
   checkpointing,
+  foreground,
   image_io,
   input_pipeline,
   le_maps,
@@ -67,6 +68,7 @@ MAP_FIELDS = (
   "shift",
   "smooth",
   "normal_error.",
+  "foreground",
   "data.name",
   "data.image_size",
   "data.selection_fraction",  # Which training images are carved into `selection`.
@@ -460,6 +462,14 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
       f"the {config.window}-px window; 0: off) or -1 (window / 16, at least 1)."
     )
   _check_normal_error(config)
+  if config.get("foreground", "none") not in foreground.MODES:
+    raise UserInputError(
+      f"config.foreground={config.foreground!r}: use one of {', '.join(foreground.MODES)} "
+      "(body: D only inside the patient's body, found in the image itself; none: every pixel)."
+    )
+  if config.get("foreground") == "none":
+    with config.unlocked():  # Off: kept out of the stored record, as maps made before it.
+      del config["foreground"]
   if "normal_error" in config and not config.normal_error.patch:
     with config.unlocked():  # Off: kept out of the stored record, as maps made before it.
       del config["normal_error"]
@@ -554,6 +564,16 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
     return plain(params, images, normal)
 
   return step
+
+
+def keep_to_foreground(config, image: np.ndarray, d: np.ndarray):
+  """`(D, body)`: D (`[h, w]`, one image's extent) zero outside the image's body
+  (`foreground.body_mask` of `image`, its `[h, w]` pixels) when `config.foreground` is "body";
+  else D as it is and None."""
+  if config.get("foreground", "none") != "body":
+    return d, None
+  body = foreground.body_mask(image)
+  return np.where(body, d, 0.0).astype(d.dtype), body
 
 
 def canvas(config, images, boxes):
@@ -667,19 +687,26 @@ def map_shards(
     iterator = input_pipeline.batches_alone(config.data, mesh, run[0].split, chosen)
     for shard in run:
       number += 1
-      ids, maps = [], []
+      ids, maps, bodies = [], [], []
       for _ in range(-(-(shard.stop - shard.start) // local_batch)):
         batch = next(iterator)
         d = step(params_of(shard.fold), batch["image"], batch["valid_box"], normal_of(shard.fold))
         d = np.asarray(jax.device_get(d))[..., 0]
         boxes = np.asarray(batch["valid_box"])
+        images = np.asarray(jax.device_get(batch["image"]))[..., 0]
         for i, weight in enumerate(np.asarray(batch["weight"])):
           if weight > 0:
             top, left, h, w = boxes[i]
             ids.append(str(batch["id"][i]))
-            maps.append(d[i, top : top + h, left : left + w])
+            box = np.s_[top : top + h, left : left + w]
+            kept, body = keep_to_foreground(config, images[i][box], d[i][box])
+            maps.append(kept)
+            bodies.append(body)
       le_maps.write_shard(
-        le_maps.shard_path(workdir, shard.split, shard.index, shard.fold), ids, maps
+        le_maps.shard_path(workdir, shard.split, shard.index, shard.fold),
+        ids,
+        maps,
+        bodies if bodies and bodies[0] is not None else None,
       )
       computed += len(ids)
       rate = computed / max(time.perf_counter() - t0, 1e-9)
@@ -705,7 +732,11 @@ def compute_scale(config, workdir: str, labels_by_id: dict[str, int]) -> float:
   if stored is not None and stored.get("percentile") == config.percentile:
     return float(stored["scale"])
   maps = le_maps.read_difference_maps(workdir, config.data.train_split)
-  values = [m.ravel() for k, m in maps.items() if labels_by_id.get(k) == 0]
+  # Only what the maps score: with a foreground, the body's pixels (artefacts set no scale).
+  bodies = le_maps.read_foreground(workdir, config.data.train_split)
+  values = [
+    m[bodies[k]] if k in bodies else m.ravel() for k, m in maps.items() if labels_by_id.get(k) == 0
+  ]
   if not values:
     raise UserInputError(
       f"no normal training images in {config.data.name} to calibrate the LE scale."

@@ -259,6 +259,7 @@ def _collect_report(config, workdir: str, report_dir: str) -> None:
     os.path.join(workdir, "localize", "report", "normal_le.csv"): "normal_le.csv",
     os.path.join(workdir, "localize", "report", "localization.csv"): "localization.csv",
     os.path.join(workdir, "localize", "report", report.BY_KIND_CSV): report.BY_KIND_CSV,
+    os.path.join(workdir, "localize", "report", report.FOREGROUND_CSV): report.FOREGROUND_CSV,
     os.path.join(workdir, "localize", "report", "fig3_normal.png"): "fig3_normal.png",
     os.path.join(workdir, "localize", "report", "fig3_abnormal.png"): "fig3_abnormal.png",
   }

@@ -360,8 +360,10 @@ class _Predictor:
     d = np.asarray(jax.device_get(d))[..., 0]
     out = []
     for i, (top, left, h, w) in enumerate(boxes[: len(pictures)]):
+      box = np.s_[top : top + h, left : left + w]
+      kept, _ = localize.keep_to_foreground(self.models.localize_config, stack[i][box], d[i][box])
       # float16, as stored: the classifiers were trained on maps rounded so.
-      out.append(d[i, top : top + h, left : left + w].astype(np.float16).astype(np.float32))
+      out.append(kept.astype(np.float16).astype(np.float32))
     return out
 
   def probabilities(self, classifier: Classifier, pictures, les) -> np.ndarray:

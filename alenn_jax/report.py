@@ -15,9 +15,10 @@ masks), on the difference map D (the LE map before clipping, so saturated pixels
   inside/outside  mean LE inside and outside the lesion
   normals         mean and 99th percentile of LE over normal images (should stay low)
 
-Two reference maps sit beside ALENN's so the numbers mean something: a uniformly random map and a
-centre prior (a Gaussian centred on the image). All maps are scored on the image's own extent
-inside the letterbox square.
+Reference maps sit beside ALENN's so the numbers mean something: a uniformly random map, a centre
+prior, and two maps of the image alone, its blurred intensity and its gradient magnitude
+(`image_priors`): maps that only follow brightness or edges score like these. All maps are scored
+on the image's own extent inside the letterbox square.
 """
 
 import csv
@@ -35,6 +36,7 @@ from scipy import stats as scipy_stats
 from alenn_jax import (
   checkpointing,
   image_io,
+  image_priors,
   input_pipeline,
   le_maps,
   metrics,
@@ -47,6 +49,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 BY_KIND_CSV = "localization_by_kind.csv"  # Written where the dataset records lesion kinds.
+FOREGROUND_CSV = "foreground.csv"  # Written where the maps were kept to each image's body.
 BY_KIND_COLUMNS = (
   "lesion_kind",
   "method",
@@ -74,12 +77,6 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float("nan")
   ranks = scipy_stats.rankdata(scores)  # Mid-ranks for ties.
   return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def centre_prior(h: int, w: int) -> np.ndarray:
-  yy, xx = np.mgrid[0:h, 0:w]
-  sigma = 0.25 * max(h, w)
-  return np.exp(-(((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) / (2 * sigma**2)))
 
 
 def _pixels(examples, maps, with_normals: bool):
@@ -222,12 +219,29 @@ def figure3(examples, d_maps, scale, path: str, title: str, tolerance: int = 2) 
 
 
 def _reference_maps(examples, d_maps, seed: int) -> dict[str, dict[str, np.ndarray]]:
-  """ALENN's maps beside a uniformly random map and a centre prior, for `examples`."""
+  """ALENN's maps beside a uniformly random map, a centre prior and the image-only maps of
+  `image_priors` (its intensity and its gradient magnitude), for `examples`."""
   rng = np.random.default_rng(seed)
   return {
     "ALENN": d_maps,
     "random": {ex["id"]: rng.random(ex["image"].shape) for ex in examples},
-    "centre prior": {ex["id"]: centre_prior(*ex["image"].shape) for ex in examples},
+    "centre prior": {ex["id"]: image_priors.centre_prior(*ex["image"].shape) for ex in examples},
+    "intensity": {ex["id"]: image_priors.intensity_map(ex["image"]) for ex in examples},
+    "gradient": {ex["id"]: image_priors.gradient_map(ex["image"]) for ex in examples},
+  }
+
+
+def foreground_share(examples, bodies, split: str) -> dict:
+  """The share of the pixels, and of the lesion pixels, that the foregrounds `bodies` (id ->
+  boolean `[h, w]`) keep, over `examples` (of `split`)."""
+  kept = [bodies[ex["id"]] for ex in examples]
+  lesion = [bodies[ex["id"]][ex["lesion"] > 0] for ex in examples]
+  lesion = np.concatenate(lesion) if lesion else np.zeros(0, bool)
+  return {
+    "split": split,
+    "images": len(kept),
+    "image_kept": f"{np.concatenate([b.ravel() for b in kept]).mean():.4f}",
+    "lesion_kept": f"{lesion.mean():.4f}" if lesion.size else "nan",
   }
 
 
@@ -249,6 +263,18 @@ def localization_report(config, workdir: str, mesh, scale: float) -> list[dict]:
         f"{name} ({split}; white outline: true lesion)",
         config.report.tolerance,
       )
+  bodies = le_maps.read_foreground(workdir, split)
+  if bodies:
+    kept = foreground_share(examples, bodies, split)
+    image_io.write_csv(os.path.join(report_dir, FOREGROUND_CSV), [kept], list(kept))
+  if not any(ex["label"] == 1 and ex["lesion"].any() for ex in examples):
+    logging.warning(
+      "localization not scored: no abnormal image of %s's %r split has a lesion mask (the maps, "
+      "the LE scale and Figure 3 are written; scores need masks, e.g. a folder dataset's masks/).",
+      config.data.name,
+      split,
+    )
+    return []
   threshold_split = config.data.eval_split
   threshold_examples, threshold_maps = examples, d_maps
   if threshold_split != split:
@@ -566,6 +592,25 @@ def _by_kind_section(report_dir: str) -> list[str]:
   ]
 
 
+def _foreground_section(report_dir: str) -> list[str]:
+  """report.md's line on which pixels ALENN's maps keep, where they were kept to the body."""
+  path = os.path.join(report_dir, FOREGROUND_CSV)
+  if not os.path.exists(path):
+    return [
+      "Every pixel of each image's own extent (inside the letterbox square) is scored, for "
+      "every map; ALENN's maps keep every pixel (`localize.foreground` none).",
+      "",
+    ]
+  row = _read_csv(path)[0]
+  return [
+    "Every pixel of each image's own extent (inside the letterbox square) is scored, for every "
+    f"map. ALENN's D is zero outside each image's body (`localize.foreground` body): on "
+    f"`{row['split']}` the body holds {float(row['image_kept']):.1%} of the pixels and "
+    f"{float(row['lesion_kept']):.1%} of the lesion pixels.",
+    "",
+  ]
+
+
 def _markdown_table(rows: list[dict]) -> str:
   if not rows:
     return "_(not produced)_"
@@ -624,6 +669,12 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
       else ""
     )
     + (f", D blurred (σ {localize.smooth:g} px)" if localize.get("smooth", 0) else "")
+    + (
+      ", D kept to each image's body (zero on the air, markers, labels and film-edge bands "
+      "around it; `localize.foreground`)"
+      if localize.get("foreground", "none") == "body"
+      else ""
+    )
     + (
       f", then divided by the error training normals of the same appearance get (k-means of "
       f"{localize.normal_error.patch}x{localize.normal_error.patch}-px neighbourhoods, "
@@ -693,11 +744,16 @@ def write_report_md(config, workdir: str, report_dir: str, plan, timings: dict) 
     f"Scored on `{localize.report.split}` where lesion masks exist. Pointing game: the "
     "map's maximum lies on the lesion; pixel AUROC / AUPRC: lesion pixels against the rest "
     "(AUROC 0.5 is chance); Dice: the map thresholded where Dice was best on "
-    f"`{localize.data.eval_split}`, pooled over every image. ALENN's difference map should "
-    "beat the random and centre-prior references, and stay low on normal images.",
+    f"`{localize.data.eval_split}`, pooled over every image. ALENN localizes lesions only "
+    "where its difference map beats every reference: a random map, a centre prior, and two maps "
+    "of the image alone, its blurred intensity (where the image is bright) and its gradient "
+    "magnitude (where the edges are); and it should stay low on normal images.",
     "",
-    _markdown_table(_read_csv(os.path.join(report_dir, "localization.csv"))),
+    _markdown_table(_read_csv(os.path.join(report_dir, "localization.csv")))
+    if os.path.exists(os.path.join(report_dir, "localization.csv"))
+    else "_Not scored: no abnormal image of the scored split has a lesion mask._",
     "",
+    *_foreground_section(report_dir),
     *_by_kind_section(report_dir),
     "Mean LE over the normal images of each split. A generator repaints the images it was trained "
     "on better than new ones, so in-sample maps of training normals are darker than held-out "

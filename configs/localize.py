@@ -78,6 +78,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.normal_error.images = 64
   config.normal_error.iterations = 10
   config.normal_error.floor = 2.0
+  # What D is kept on: "body" keeps the patient's body, found in each image itself (brighter than
+  # the air around it; markers, labels and bright bands along the film's edge dropped:
+  # alenn_jax/foreground.py), and D is zero elsewhere, so rulers, side markers and collimation
+  # edges hold no maximum and set no LE scale; "none": every pixel.
+  config.foreground = "none"
   config.chunk = 16  # Inpainting passes run together; bounds memory.
   config.batches_per_shard = 8  # Resumption granularity.
   config.force_restart = False  # Recompute (old le_maps moved aside) if window/data changed.

@@ -1,0 +1,73 @@
+"""What keeping D to the body does, on a localize workdir's stored maps (no generator runs).
+
+  python -m benchmarks.foreground_bench --workdir W/localize --split validation
+
+For each variant (no mask, the body mask with 0..N px of erosion) the maps of `--split` are masked
+as `config.localize.foreground="body"` masks them, the LE scale is taken again over the training
+normals' kept pixels, and the maps are scored as `localization.csv` scores them, beside the
+reference maps (random, centre prior, intensity, gradient; kept to the same body, so what the mask
+alone does shows). Also printed: the share of the image
+and of the lesion pixels each mask keeps. Lesion masks are used for the scores only: the mask
+itself is chosen from the image.
+"""
+
+import argparse
+
+import numpy as np
+
+from alenn_jax import checkpointing, foreground, le_maps, report, sharding
+from benchmarks.common import machine_description
+
+
+def _masked(examples, maps, erode: int | None):
+  """`maps` with D zero outside each image's body (`erode` None: unmasked), and the masks."""
+  if erode is None:
+    return maps, {ex["id"]: np.ones(ex["image"].shape, bool) for ex in examples}
+  bodies = {ex["id"]: foreground.body_mask(ex["image"], erode=erode) for ex in examples}
+  return {k: np.where(bodies[k], maps[k], 0.0) for k in bodies}, bodies
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="a localize workdir (holds le_maps/)")
+  parser.add_argument("--split", default="validation")
+  parser.add_argument("--erode", default="0,1,2", help="erosions (px) of the body mask to score")
+  args = parser.parse_args()
+  config = checkpointing.read_stored_config(args.workdir, "localize", "the localize run")
+  mesh = sharding.make_mesh()
+  train = [ex for ex in report._collect(config, mesh, config.data.train_split) if ex["label"] == 0]
+  train_maps = le_maps.read_difference_maps(args.workdir, config.data.train_split)
+  examples = report._collect(config, mesh, args.split)
+  maps = le_maps.read_difference_maps(args.workdir, args.split)
+  lesion = np.concatenate([ex["lesion"].ravel() > 0 for ex in examples if ex["label"] == 1])
+  print(machine_description())
+  print(f"{args.workdir}, split {args.split}: {len(examples)} images ({lesion.sum()} lesion px)")
+  print("| maps | body erode | image kept | lesion kept | pointing | pixel AUROC | pixel AUPRC |")
+  print("|---|---|---|---|---|---|---|")
+  variants = [None] + [int(e) for e in args.erode.split(",") if e]
+  for erode in variants:
+    kept, bodies = _masked(train, train_maps, erode)
+    scale = float(np.percentile(np.concatenate([kept[k][bodies[k]] for k in kept]), 99))
+    masked, bodies = _masked(examples, maps, erode)
+    # With a mask, the reference maps are kept to the same body: what the mask alone buys.
+    refs = {
+      method: {k: np.where(bodies[k], m[k], 0.0) for k in m}
+      for method, m in report._reference_maps(examples, maps, seed=0).items()
+      if method != "ALENN"
+    }
+    refs = {"ALENN": masked, **refs}
+    rows = report.score_maps(examples, refs, scale, config.report.tolerance)
+    image_kept = np.mean(np.concatenate([b.ravel() for b in bodies.values()]))
+    lesion_kept = np.concatenate(
+      [bodies[ex["id"]][ex["lesion"] > 0] for ex in examples if ex["label"] == 1]
+    ).mean()
+    for row in rows:
+      name = row["method"] + ("" if erode is None else ", body")
+      print(
+        f"| {name} | {'-' if erode is None else erode} | {image_kept:.3f} | {lesion_kept:.3f} | "
+        f"{row['pointing_game']:.3f} | {row['pixel_auroc']:.3f} | {row['pixel_auprc']:.4f} |"
+      )
+
+
+if __name__ == "__main__":
+  main()
