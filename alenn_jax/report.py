@@ -18,7 +18,9 @@ masks), on the difference map D (the LE map before clipping, so saturated pixels
 Reference maps sit beside ALENN's so the numbers mean something: a uniformly random map, a centre
 prior, and two maps of the image alone, its blurred intensity and its gradient magnitude
 (`image_priors`): maps that only follow brightness or edges score like these. All maps are scored
-on the image's own extent inside the letterbox square.
+on the image's own extent inside the letterbox square; where the maps were kept to each image's
+body (`config.localize.foreground`), on the body's pixels only, for every map (a lesion pixel
+outside the body is a miss).
 """
 
 import csv
@@ -79,13 +81,28 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
   return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+OUTSIDE = -1e30  # The score of a pixel outside the scored ones: below every map's values, and
+# finite, so such pixels tie with each other (differences of -inf are NaN, never a tie).
+
+
+def scored_map(ex: dict, score_map: np.ndarray) -> np.ndarray:
+  """`score_map` as scored: OUTSIDE (below every value) outside `ex["scored"]`, the pixels a
+  foreground keeps, where the example has one."""
+  scored = ex.get("scored")
+  return score_map if scored is None else np.where(scored, score_map, OUTSIDE)
+
+
 def _pixels(examples, maps, with_normals: bool):
-  """Pooled (scores, labels) of the abnormal images with a known lesion (and the normal ones)."""
+  """Pooled (scores, labels) of the abnormal images with a known lesion (and the normal ones):
+  every pixel, or where an example has `scored` pixels, those and its lesion pixels (a lesion
+  pixel outside them scores OUTSIDE, a miss for every map)."""
   scores, labels = [], []
   for ex in examples:
     if (ex["label"] == 1 and ex["lesion"].any()) or (with_normals and ex["label"] == 0):
-      scores.append(np.asarray(maps[ex["id"]]).ravel())
-      labels.append(ex["lesion"].ravel() > 0)
+      lesion = ex["lesion"] > 0
+      keep = lesion | ex["scored"] if ex.get("scored") is not None else np.ones_like(lesion)
+      scores.append(scored_map(ex, np.asarray(maps[ex["id"]]))[keep])
+      labels.append(lesion[keep])
   if not scores:
     return np.zeros(0), np.zeros(0, bool)
   return np.concatenate(scores), np.concatenate(labels)
@@ -109,12 +126,14 @@ def score_maps(examples, maps_by_method, scale, tolerance: int, thresholds=None)
     for ex in examples:
       d = maps[ex["id"]]
       le = le_maps.le_map(d, scale) if method == "ALENN" else d
+      scored = ex.get("scored")
+      scored = np.ones(d.shape, bool) if scored is None else scored
       if ex["label"] == 1 and ex["lesion"].any():
-        hits.append(pointing_hit(d, ex["lesion"], tolerance))
+        hits.append(pointing_hit(scored_map(ex, d), ex["lesion"], tolerance))
         inside.append(le[ex["lesion"] > 0].mean())
-        outside.append(le[ex["lesion"] == 0].mean())
+        outside.append(le[(ex["lesion"] == 0) & scored].mean())
       elif ex["label"] == 0:
-        normal_values.append(le.ravel())
+        normal_values.append(le[scored])
     normals = np.concatenate(normal_values) if normal_values else np.zeros(0)
     scores, labels = _pixels(examples, maps, with_normals=False)
     rows.append(
@@ -264,9 +283,11 @@ def localization_report(config, workdir: str, mesh, scale: float) -> list[dict]:
         config.report.tolerance,
       )
   bodies = le_maps.read_foreground(workdir, split)
-  if bodies:
+  if bodies:  # What is not patient is not scored, for any map.
     kept = foreground_share(examples, bodies, split)
     image_io.write_csv(os.path.join(report_dir, FOREGROUND_CSV), [kept], list(kept))
+    for ex in examples:
+      ex["scored"] = bodies[ex["id"]]
   if not any(ex["label"] == 1 and ex["lesion"].any() for ex in examples):
     logging.warning(
       "localization not scored: no abnormal image of %s's %r split has a lesion mask (the maps, "
@@ -280,6 +301,9 @@ def localization_report(config, workdir: str, mesh, scale: float) -> list[dict]:
   if threshold_split != split:
     threshold_examples = _collect(config, mesh, threshold_split)
     threshold_maps = le_maps.read_difference_maps(workdir, threshold_split)
+    threshold_bodies = le_maps.read_foreground(workdir, threshold_split)
+    for ex in threshold_examples:
+      ex["scored"] = threshold_bodies.get(ex["id"])
   thresholds = dice_thresholds(
     threshold_examples, _reference_maps(threshold_examples, threshold_maps, seed=1)
   )
@@ -603,10 +627,12 @@ def _foreground_section(report_dir: str) -> list[str]:
     ]
   row = _read_csv(path)[0]
   return [
-    "Every pixel of each image's own extent (inside the letterbox square) is scored, for every "
-    f"map. ALENN's D is zero outside each image's body (`localize.foreground` body): on "
-    f"`{row['split']}` the body holds {float(row['image_kept']):.1%} of the pixels and "
-    f"{float(row['lesion_kept']):.1%} of the lesion pixels.",
+    "ALENN's D is kept to each image's body (`localize.foreground` body), and every map is "
+    "scored on the body's pixels only (the pointing game's maximum, the pixel pools, the means): "
+    "air, markers, labels and film-edge bands are not patient. A lesion pixel outside the body "
+    f"counts as a miss for every map. On `{row['split']}` the body holds "
+    f"{float(row['image_kept']):.1%} of the pixels and {float(row['lesion_kept']):.1%} of the "
+    "lesion pixels.",
     "",
   ]
 

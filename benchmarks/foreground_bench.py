@@ -5,8 +5,8 @@
 For each variant (no mask, the body mask with 0..N px of erosion) the maps of `--split` are masked
 as `config.localize.foreground="body"` masks them, the LE scale is taken again over the training
 normals' kept pixels, and the maps are scored as `localization.csv` scores them, beside the
-reference maps (random, centre prior, intensity, gradient; kept to the same body, so what the mask
-alone does shows). Also printed: the share of the image
+reference maps (random, centre prior, intensity, gradient), every map on the body's pixels only
+where there is a mask. Also printed: the share of the image
 and of the lesion pixels each mask keeps. Lesion masks are used for the scores only: the mask
 itself is chosen from the image.
 """
@@ -22,8 +22,9 @@ from benchmarks.common import machine_description
 def _masked(examples, maps, erode: int | None):
   """`maps` with D zero outside each image's body (`erode` None: unmasked), and the masks."""
   if erode is None:
-    return maps, {ex["id"]: np.ones(ex["image"].shape, bool) for ex in examples}
-  bodies = {ex["id"]: foreground.body_mask(ex["image"], erode=erode) for ex in examples}
+    bodies = {ex["id"]: np.ones(ex["image"].shape, bool) for ex in examples}
+  else:
+    bodies = {ex["id"]: foreground.body_mask(ex["image"], erode=erode) for ex in examples}
   return {k: np.where(bodies[k], maps[k], 0.0) for k in bodies}, bodies
 
 
@@ -49,13 +50,9 @@ def main():
     kept, bodies = _masked(train, train_maps, erode)
     scale = float(np.percentile(np.concatenate([kept[k][bodies[k]] for k in kept]), 99))
     masked, bodies = _masked(examples, maps, erode)
-    # With a mask, the reference maps are kept to the same body: what the mask alone buys.
-    refs = {
-      method: {k: np.where(bodies[k], m[k], 0.0) for k in m}
-      for method, m in report._reference_maps(examples, maps, seed=0).items()
-      if method != "ALENN"
-    }
-    refs = {"ALENN": masked, **refs}
+    for ex in examples:  # As the report scores them: every map on the body's pixels only.
+      ex["scored"] = None if erode is None else bodies[ex["id"]]
+    refs = report._reference_maps(examples, masked, seed=0)
     rows = report.score_maps(examples, refs, scale, config.report.tolerance)
     image_kept = np.mean(np.concatenate([b.ravel() for b in bodies.values()]))
     lesion_kept = np.concatenate(

@@ -343,6 +343,35 @@ class ScoresTest(absltest.TestCase):
     self.assertEqual(row["le_outside_lesion"], 0.0)
     self.assertEqual(row["normal_le_p99"], 0.0)
 
+  def test_scored_pixels_leave_what_is_not_patient_out_of_every_score(self):
+    lesion = np.zeros((8, 8))
+    lesion[2:4, 2:4] = 1
+    body = np.zeros((8, 8), bool)
+    body[:, :6] = True  # A marker in the last two columns holds the largest values.
+    d = lesion * 0.5 + 0.1
+    d[:, 6:] = 5.0
+    normal = np.full((8, 8), 0.1)
+    normal[:, 6:] = 5.0
+    examples = [
+      {"id": "a", "label": 1, "lesion": lesion},
+      {"id": "n", "label": 0, "lesion": np.zeros((8, 8))},
+    ]
+    maps = {"ALENN": {"a": d, "n": normal}}
+    (everywhere,) = report.score_maps(examples, maps, scale=0.6, tolerance=0)
+    self.assertEqual(everywhere["pointing_game"], 0.0)  # On the marker.
+    for ex in examples:
+      ex["scored"] = body
+    (on_body,) = report.score_maps(examples, maps, scale=0.6, tolerance=0)
+    self.assertEqual(on_body["pointing_game"], 1.0)
+    self.assertEqual(on_body["pixel_auroc"], 1.0)
+    self.assertAlmostEqual(on_body["normal_le_p99"], 0.1 / 0.6, places=6)  # Not the marker.
+    # A lesion pixel outside the scored ones is a miss, ranked below every scored pixel: 3 of
+    # the 4 lesion pixels above the 44 other scored ones.
+    examples[0]["scored"] = body.copy()
+    examples[0]["scored"][3, 3] = False
+    (missed,) = report.score_maps(examples, maps, scale=0.6, tolerance=0)
+    self.assertAlmostEqual(missed["pixel_auroc"], 3 * 44 / (4 * 44))
+
   def test_a_split_without_lesion_masks_is_not_scored_and_says_why(self):
     workdir = self.create_tempdir().full_path
     rng = np.random.default_rng(0)
