@@ -18,8 +18,8 @@ along the film's edge (collimation):
 
 Nothing here uses a lesion mask: it is part of the weakly supervised method. Where the image has
 no dark background to separate (the bright share is above `most`, e.g. a tight crop), is under
-8 px on a side, or the result keeps less than `least` of the image, every pixel is foreground: a mask that cannot be
-trusted must not hide a lesion.
+8 px on a side, or the result keeps less than `least` of the image, every pixel is foreground: a
+mask that cannot be trusted must not hide a lesion.
 """
 
 import numpy as np

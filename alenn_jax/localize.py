@@ -784,13 +784,19 @@ def _load_generators(config, source: str, mesh) -> list:
 
 
 def normal_le_by_split(config, workdir: str, scale: float) -> list[dict]:
-  """Mean LE over the normal images of every split: a generator scores the images it was fit on
-  lower than any held-out image (in-sample maps), which cross-fitting removes."""
+  """Mean LE over the normal images of every split (over their body's pixels where the maps were
+  kept to it): a generator scores the images it was fit on lower than any held-out image
+  (in-sample maps), which cross-fitting removes."""
   rows = []
   for split in input_pipeline.split_names(config.data):
     labels = input_pipeline.split_labels(config.data, split)
     maps = le_maps.read_difference_maps(workdir, split)
-    values = [le_maps.le_map(d, scale).mean() for k, d in maps.items() if labels.get(k) == 0]
+    bodies = le_maps.read_foreground(workdir, split)  # The kept pixels, where there are some.
+    values = [
+      le_maps.le_map(d[bodies[k]] if k in bodies else d, scale).mean()
+      for k, d in maps.items()
+      if labels.get(k) == 0
+    ]
     rows.append(
       {
         "split": split,

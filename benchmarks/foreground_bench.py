@@ -3,8 +3,8 @@
   python -m benchmarks.foreground_bench --workdir W/localize --split validation
 
 For each variant (no mask, the body mask with 0..N px of erosion) the maps of `--split` are masked
-as `config.localize.foreground="body"` masks them, the LE scale is taken again over the training
-normals' kept pixels, and the maps are scored as `localization.csv` scores them, beside the
+as `config.localize.foreground="body"` masks them and scored as `localization.csv` scores them
+(pointing game, pixel AUROC and AUPRC; the LE scale plays no part in these), beside the
 reference maps (random, centre prior, intensity, gradient), every map on the body's pixels only
 where there is a mask. Also printed: the share of the image
 and of the lesion pixels each mask keeps. Lesion masks are used for the scores only: the mask
@@ -36,8 +36,6 @@ def main():
   args = parser.parse_args()
   config = checkpointing.read_stored_config(args.workdir, "localize", "the localize run")
   mesh = sharding.make_mesh()
-  train = [ex for ex in report._collect(config, mesh, config.data.train_split) if ex["label"] == 0]
-  train_maps = le_maps.read_difference_maps(args.workdir, config.data.train_split)
   examples = report._collect(config, mesh, args.split)
   maps = le_maps.read_difference_maps(args.workdir, args.split)
   lesion = np.concatenate([ex["lesion"].ravel() > 0 for ex in examples if ex["label"] == 1])
@@ -47,13 +45,11 @@ def main():
   print("|---|---|---|---|---|---|---|")
   variants = [None] + [int(e) for e in args.erode.split(",") if e]
   for erode in variants:
-    kept, bodies = _masked(train, train_maps, erode)
-    scale = float(np.percentile(np.concatenate([kept[k][bodies[k]] for k in kept]), 99))
     masked, bodies = _masked(examples, maps, erode)
     for ex in examples:  # As the report scores them: every map on the body's pixels only.
       ex["scored"] = None if erode is None else bodies[ex["id"]]
     refs = report._reference_maps(examples, masked, seed=0)
-    rows = report.score_maps(examples, refs, scale, config.report.tolerance)
+    rows = report.score_maps(examples, refs, 1.0, config.report.tolerance)  # No LE printed.
     image_kept = np.mean(np.concatenate([b.ravel() for b in bodies.values()]))
     lesion_kept = np.concatenate(
       [bodies[ex["id"]][ex["lesion"] > 0] for ex in examples if ex["label"] == 1]

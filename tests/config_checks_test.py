@@ -16,6 +16,7 @@ class ValidateTest(parameterized.TestCase):
     (localize, "smoke"),
     (pipeline, "small"),
     (pipeline, "small128"),
+    (pipeline, "real"),
     (rtv_demo, "smoke"),
     (predict, None),
   )
@@ -100,8 +101,16 @@ class PipelineSizesTest(absltest.TestCase):
     self.assertEqual(scores(demo.localize), (-1.0, -1, -1.0))
     self.assertEqual(scores(big.localize), (4.0, 2, 2.0))
 
+  def test_real_is_the_demo_recipe_with_maps_kept_to_the_body_and_the_largest_shift(self):
+    demo, real = pipeline.get_config("small"), pipeline.get_config("real")
+    self.assertEqual((demo.localize.foreground, real.localize.foreground), ("none", "body"))
+    self.assertEqual((demo.localize.shift, real.localize.shift), (-1, 7))
+    with real.unlocked():  # Nothing else differs: stage 1, the other map fields, classifiers.
+      real.localize.foreground, real.localize.shift = "none", -1
+    self.assertEqual(real.to_dict(), demo.to_dict())
+
   def test_unknown_size_names_the_known_ones(self):
-    with self.assertRaisesRegex(ValueError, r"'medium'; use smoke, small, small128, full"):
+    with self.assertRaisesRegex(ValueError, r"'medium'; use smoke, small, small128, real, full"):
       pipeline.get_config("medium")
 
 

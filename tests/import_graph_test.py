@@ -95,7 +95,8 @@ class ImportGraphTest(absltest.TestCase):
     graph = import_graph(modules)
     jobs = {f"{PACKAGE}.{m}" for m in ("localize", "report", "train_classifier", "pipeline")}
     jobs |= {f"{PACKAGE}.train_inpainting"}
-    for leaf in ("le_maps", "predictions", "metrics", "masks", "checkpointing", "image_io"):
+    leaves = ("le_maps", "predictions", "metrics", "masks", "checkpointing", "image_io")
+    for leaf in (*leaves, "foreground", "image_priors"):
       self.assertFalse(graph[f"{PACKAGE}.{leaf}"] & jobs, leaf)
 
   def test_package_imports_are_at_module_top(self):
