@@ -76,12 +76,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if real:
     # Real radiographs on a CPU (give data.name and data.manual_dir): the `small` recipe, with D
     # kept to each image's body (rulers, side markers, labels, film-edge bands and air hold no
-    # maximum and set no LE scale; every map is then scored on the body's pixels only) and the
-    # repainting's slack at its most for 16-px windows (7 px), the best on FracAtlas hand's
-    # `validation` split of 0, 1, 3 and 7 both over the whole image and inside the body
-    # (BENCHMARKS.md).
+    # maximum and set no LE scale; every map is then scored on the body's pixels only), 32-px
+    # windows (stride 16, gap 32: as many passes per image as the demo's 16-px ones) and the
+    # repainting's slack at its most for them (15 px). On FracAtlas hand's `validation` split
+    # the largest slack was the best of those tried for 16-px windows (0, 1, 3, 7) and for 32-px
+    # ones (7, 15), and 32-px windows above 16-px ones (BENCHMARKS.md).
+    window = 32
+    config.stage1.masks.window = config.stage1.eval.window = window
+    config.localize.window = window
+    config.localize.stride = window // 2
+    config.localize.gap = window
     config.localize.foreground = "body"
-    config.localize.shift = 7
+    config.localize.shift = (window - 1) // 2
   if phantoms128:
     # The phantoms at 128 px, where a fracture line is two pixels wide instead of one: the same
     # 16-px windows, reflection padding and 3.5x the demo's steps. On one H100 this stage 1 took

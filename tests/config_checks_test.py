@@ -101,12 +101,20 @@ class PipelineSizesTest(absltest.TestCase):
     self.assertEqual(scores(demo.localize), (-1.0, -1, -1.0))
     self.assertEqual(scores(big.localize), (4.0, 2, 2.0))
 
-  def test_real_is_the_demo_recipe_with_maps_kept_to_the_body_and_the_largest_shift(self):
+  def test_real_is_the_demo_recipe_with_32_px_windows_kept_to_the_body_and_the_largest_shift(
+    self,
+  ):
     demo, real = pipeline.get_config("small"), pipeline.get_config("real")
     self.assertEqual((demo.localize.foreground, real.localize.foreground), ("none", "body"))
-    self.assertEqual((demo.localize.shift, real.localize.shift), (-1, 7))
+    self.assertEqual((demo.localize.shift, real.localize.shift), (-1, 15))
+    loc = real.localize
+    self.assertEqual((loc.window, loc.stride, loc.gap), (32, 16, 32))
+    self.assertEqual((real.stage1.masks.window, real.stage1.eval.window), (32, 32))
+    config_checks.validate(real)
     with real.unlocked():  # Nothing else differs: stage 1, the other map fields, classifiers.
       real.localize.foreground, real.localize.shift = "none", -1
+      loc.window, loc.stride, loc.gap = 16, 8, 16
+      real.stage1.masks.window = real.stage1.eval.window = 16
     self.assertEqual(real.to_dict(), demo.to_dict())
 
   def test_unknown_size_names_the_known_ones(self):
