@@ -1,5 +1,5 @@
-"""Metrics: image quality in JAX (PSNR and SSIM, the paper's eq. 13-15) and classification in
-numpy (accuracy, precision, recall, specificity, F1, Cohen's kappa, AUC, ROC; eq. 16-19).
+"""Metrics: image quality in JAX (PSNR and SSIM, the paper's eq. 13-14) and classification in
+numpy (accuracy, recall, precision, F1, Cohen's kappa: eq. 15-19; specificity, AUC, ROC: ours).
 
 SSIM follows Wang et al. (2004) as scikit-image computes it with `gaussian_weights=True`: an 11 x 11
 Gaussian window (sigma 1.5, truncated at 3.5 sigma), K1 = 0.01, K2 = 0.03, population covariances,
