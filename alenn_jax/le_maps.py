@@ -68,9 +68,7 @@ def read_difference_maps(workdir: str, split: str) -> dict[str, np.ndarray]:
   out = {}
   for path in files:
     with np.load(path) as shard:
-      ids, shapes, offsets, data = shard["ids"], shard["shapes"], shard["offsets"], shard["data"]
-    for i, example_id in enumerate(ids):
-      out[str(example_id)] = data[offsets[i] : offsets[i + 1]].astype(np.float32).reshape(shapes[i])
+      out.update(_per_image(shard, shard["data"], np.float32))
   return out
 
 
@@ -80,13 +78,19 @@ def read_foreground(workdir: str, split: str) -> dict[str, np.ndarray]:
   out = {}
   for path in _shard_files(workdir, split):
     with np.load(path) as shard:
-      if "foreground" not in shard.files:
-        continue
-      ids, shapes, offsets = shard["ids"], shard["shapes"], shard["offsets"]
-      flat = np.unpackbits(shard["foreground"], count=int(offsets[-1])).astype(bool)
-    for i, example_id in enumerate(ids):
-      out[str(example_id)] = flat[offsets[i] : offsets[i + 1]].reshape(shapes[i])
+      if "foreground" in shard.files:
+        bits = np.unpackbits(shard["foreground"], count=int(shard["offsets"][-1]))
+        out.update(_per_image(shard, bits, bool))
   return out
+
+
+def _per_image(shard, flat: np.ndarray, dtype) -> dict[str, np.ndarray]:
+  """id -> its `[h, w]` slice of `flat`, a shard's images laid end to end as `_flat` writes them."""
+  ids, shapes, offsets = shard["ids"], shard["shapes"], shard["offsets"]
+  return {
+    str(example_id): flat[offsets[i] : offsets[i + 1]].astype(dtype).reshape(shapes[i])
+    for i, example_id in enumerate(ids)
+  }
 
 
 def write_scale(workdir: str, scale: float, **details) -> None:

@@ -566,11 +566,16 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
   return step
 
 
+def keeps_foreground(config) -> bool:
+  """Whether the maps of `config` (a localize config) are kept to each image's body."""
+  return config.get("foreground", "none") == "body"
+
+
 def keep_to_foreground(config, image: np.ndarray, d: np.ndarray):
   """`(D, body)`: D (`[h, w]`, one image's extent) zero outside the image's body
   (`foreground.body_mask` of `image`, its `[h, w]` pixels) when `config.foreground` is "body";
   else D as it is and None."""
-  if config.get("foreground", "none") != "body":
+  if not keeps_foreground(config):
     return d, None
   body = foreground.body_mask(image)
   return np.where(body, d, 0.0).astype(d.dtype), body
@@ -676,6 +681,7 @@ def map_shards(
   normal-error model or None); returns the images mapped."""
   t0, computed = time.perf_counter(), 0
   total = sum(s.stop - s.start for s in shards)
+  masked = keeps_foreground(config)
   local_batch = config.data.batch_size // jax.process_count()
   # One reader per run of consecutive shards of a split and fold (opening the dataset and starting
   # its threads costs about a second): a shard holds whole local batches, except the last of a
@@ -693,20 +699,22 @@ def map_shards(
         d = step(params_of(shard.fold), batch["image"], batch["valid_box"], normal_of(shard.fold))
         d = np.asarray(jax.device_get(d))[..., 0]
         boxes = np.asarray(batch["valid_box"])
-        images = np.asarray(jax.device_get(batch["image"]))[..., 0]
+        # The images come to the host only when their bodies are needed.
+        images = np.asarray(jax.device_get(batch["image"]))[..., 0] if masked else None
         for i, weight in enumerate(np.asarray(batch["weight"])):
           if weight > 0:
             top, left, h, w = boxes[i]
             ids.append(str(batch["id"][i]))
             box = np.s_[top : top + h, left : left + w]
-            kept, body = keep_to_foreground(config, images[i][box], d[i][box])
+            image = images[i][box] if masked else None
+            kept, body = keep_to_foreground(config, image, d[i][box])
             maps.append(kept)
             bodies.append(body)
       le_maps.write_shard(
         le_maps.shard_path(workdir, shard.split, shard.index, shard.fold),
         ids,
         maps,
-        bodies if bodies and bodies[0] is not None else None,
+        bodies if masked else None,
       )
       computed += len(ids)
       rate = computed / max(time.perf_counter() - t0, 1e-9)

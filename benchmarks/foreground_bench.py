@@ -50,10 +50,8 @@ def main():
       ex["scored"] = None if erode is None else bodies[ex["id"]]
     refs = report._reference_maps(examples, masked, seed=0)
     rows = report.score_maps(examples, refs, 1.0, config.report.tolerance)  # No LE printed.
-    image_kept = np.mean(np.concatenate([b.ravel() for b in bodies.values()]))
-    lesion_kept = np.concatenate(
-      [bodies[ex["id"]][ex["lesion"] > 0] for ex in examples if ex["label"] == 1]
-    ).mean()
+    share = report.foreground_share(examples, bodies, args.split)
+    image_kept, lesion_kept = float(share["image_kept"]), float(share["lesion_kept"])
     for row in rows:
       name = row["method"] + ("" if erode is None else ", body")
       print(
