@@ -20,6 +20,7 @@ from alenn_jax import (
   localize,
   multihost,
   pipeline,
+  pipeline_fields,
   predict,
   rtv_demo,
   train_classifier,
@@ -258,6 +259,14 @@ def _parse_flags(argv):
       raise
     message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
     overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    is_pipeline = any(a.startswith("--config=") and "pipeline" in a for a in argv[1:])
+    for override in overrides if is_pipeline else ():  # A field the pipeline sets: name it.
+      ruler = pipeline_fields.ruling_field(override[len("--config.") :])
+      if ruler:
+        own = ruler.startswith("the ")
+        where, fix = (ruler, "leave it out") if own else (f"--config.{ruler}", "set that")
+        print(f"error: {override}: in a pipeline config {where} sets it; {fix}.", file=sys.stderr)
+        sys.exit(2)
     print(
       f"error: cannot apply the config overrides {', '.join(overrides)}: {message}",
       file=sys.stderr,

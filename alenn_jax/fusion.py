@@ -1,7 +1,8 @@
 """Lesion enhancement: how an image and its LE map become the classifier's input.
 
   none      I                          1 channel (the baseline)
-  enhance   I * (1 + gamma * LE)       1 channel: lesion areas brightened (the paper's LE)
+  enhance   I * (1 + gamma * LE)       1 channel: lesion areas brightened (our reading: the
+                                       paper's text enhances the lesion area, no formula)
   channels  [I, LE, I * LE]            3 channels, convenient for ImageNet-shaped stems
 
 I and LE are in [0, 1] here; inputs and outputs of `fuse` use the models' [-1, 1] convention (an

@@ -62,12 +62,15 @@ def data_config() -> ml_collections.ConfigDict:
   # train by patient (this fraction of patients; the rest stays `train`), so checkpoints are never
   # selected on the split that is scored.
   config.selection_fraction = 0.1
-  config.paper_selection = False  # True: carve nothing; select on the scored split (optimistic).
+  # True: carve nothing; a dataset without a split of its own to select on (MURA) then selects
+  # checkpoints on the scored split, which is optimistic. The paper's text names no selection
+  # split; with MURA's train/valid this is what is left without a carve.
+  config.paper_selection = False
   # Cross-fitting (stage 1 of `localize.folds` > 1): the train split's patients fall into `folds`
   # folds by a hash; `holdout_fold` >= 0 leaves that fold out of the train split.
   config.folds = 1
   config.holdout_fold = -1
-  config.batch_size = 16  # Global batch size (the paper's 16).
+  config.batch_size = 16  # Global batch size (the paper's text: 16).
   config.crop = 0  # Training batches: random crops of this side (px) of the images (0: whole).
   config.seed = 0  # Shuffling and augmentation seed.
   config.num_threads = 2  # Host threads decoding and augmenting.
@@ -440,23 +443,24 @@ def scored_split(config: ml_collections.ConfigDict) -> str:
 
 def resolve_eval_split(config: ml_collections.ConfigDict, scored: str | None = None) -> str:
   """The split checkpoints are selected on: `config.eval_split` if the dataset has it and it is
-  not the scored split, else `validation` or the carved `selection`; with `paper_selection`, the
-  scored split (the paper's protocol). `scored` defaults to `scored_split(config)`. Sets
-  `config.eval_split` and returns it."""
+  not the scored split, else `validation` or the carved `selection`; with `paper_selection` (no
+  carve), a dataset without a split of its own to select on selects on the scored split
+  (optimistic). `scored` defaults to `scored_split(config)`. Sets `config.eval_split` and returns
+  it."""
   names = split_names(config)
   scored = scored or scored_split(config)
-  if config.get("paper_selection", False):
-    chosen = scored
-  elif config.eval_split in names and config.eval_split != scored:
+  found = [s for s in ("validation", SELECTION) if s in names and s != scored]
+  if config.eval_split in names and config.eval_split != scored:
     chosen = config.eval_split
-  else:
-    found = [s for s in ("validation", SELECTION) if s in names and s != scored]
-    if not found:
-      raise UserInputError(
-        f"config.data.eval_split={config.eval_split!r}: {config.name} has splits "
-        f"{', '.join(names)}; set it to the split checkpoints are selected on."
-      )
+  elif found:
     chosen = found[0]
+  elif config.get("paper_selection", False):
+    chosen = scored
+  else:
+    raise UserInputError(
+      f"config.data.eval_split={config.eval_split!r}: {config.name} has splits "
+      f"{', '.join(names)}; set it to the split checkpoints are selected on."
+    )
   if chosen == SELECTION:  # Refuses an empty or one-class carve now, not after stage 1.
     _carved_rows(_prepared_builder(config, None), config)
   if chosen != config.eval_split:

@@ -1,4 +1,6 @@
-"""Stage 2a: sliding-window lesion localization (the paper's Algorithm 1) and LE maps.
+"""Stage 2a: sliding-window lesion localization and LE maps. The paper's text names an
+"Algorithm 1" for it without printing it; what follows is our reading of its description (a
+window of side w slid with step d < w, each position repainted as normal).
 
 For every window position k the window is hidden (mask M_k), repainted as normal by stage 1
 (gen_s -> gen_t, composited: I_k = I * M_k + I_hat * (1 - M_k)), and |I - I_k| is accumulated inside
@@ -7,7 +9,8 @@ the window. The difference map D is that sum divided by the number of windows co
 window's error is first taken less its local mean inside the window, then only what no repainted
 pixel within `shift` px matches is kept, and D is lightly blurred (`highpass`, `shift`, `smooth`:
 a wrong guess of a hidden region's brightness, or an edge repainted a pixel off, is not a lesion;
-all 0 give the paper's |I - I_k| exactly; see `difference_map`). All windows of a batch
+all 0 give the plain |I - I_k|; see `difference_map`). The paper's text speaks of the "relative
+error" between an image and its repainting without a formula; |I - I_k| is our reading). All windows of a batch
 go through the generators in one vmapped computation, `chunk` windows at a time (a `lax.scan` over
 chunks), so memory stays bounded.
 
@@ -127,7 +130,7 @@ def difference_map(
   D is always the mean, over the sliding windows k covering a pixel, of |I - I_k| at that pixel,
   where I_k is the image with window k repainted; the methods differ in how I_k is obtained:
 
-    per_window    the paper: one generator pass over the whole image per window
+    per_window    one generator pass over the whole image per window (the paper's text)
     multi_window  one pass repaints a whole group of windows lying at least `gap` pixels apart
                   (`masks.window_groups`); window k's difference is still taken inside window k
                   only, so a group of one window is exactly `per_window` (RIAD's disjoint cells,
@@ -161,7 +164,7 @@ def difference_map(
   such line a pixel away either (on the demo's phantoms, `test` pointing game 0.609 -> 0.703,
   BENCHMARKS.md). With `smooth` = sigma > 0, D (the mean over windows) is then blurred with a
   Gaussian of that sigma, so a lesion's pixels share the evidence of their neighbours (pixel AUROC
-  0.92 -> 0.97 there). All 0: the paper's |I - I_k|.
+  0.92 -> 0.97 there). All 0: the plain |I - I_k|.
 
   Args:
     params: whatever `inpaint_fn` needs (stage 1: {"gen_s": ..., "gen_t": ...}).
@@ -171,7 +174,8 @@ def difference_map(
     window, stride: sliding-window side and step, pixels.
     chunk: passes run together (times the batch size: the generator's batch).
     method, gap, context: see above.
-    pad: reflected border (px) added before the windows are laid out; 0: none (the paper).
+    pad: reflected border (px) added before the windows are laid out; 0: none (the paper's text
+      has none).
     highpass, smooth: Gaussian sigmas (px), see above; 0: off.
     shift: how far (px) the repainting may be off before a difference counts, see above; 0: off.
   """
@@ -450,7 +454,7 @@ def resolve(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict
       config[field] = config.window / fraction
     elif value < 0:
       raise UserInputError(
-        f"config.{field}={value}: use a Gaussian sigma in px (> 0), 0 (off, the paper's "
+        f"config.{field}={value}: use a Gaussian sigma in px (> 0), 0 (off: the plain "
         f"|I - I_k|) or -1 (window / {fraction})."
       )
   largest = max(0, (config.window - 1) // 2)  # Beyond it a hole's centre is matched from outside.
@@ -544,7 +548,7 @@ def make_map_step(config, generator: checkpointing.TrainedGenerator):
       gap=config.gap,
       context=config.context,
       pad=config.pad,
-      # Maps stored before the fields were the paper's |I - I_k|.
+      # Maps stored before the fields existed were the plain |I - I_k|.
       highpass=config.get("highpass", 0.0),
       shift=config.get("shift", 0),
       smooth=config.get("smooth", 0.0),

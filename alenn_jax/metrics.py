@@ -127,12 +127,17 @@ def classification_metrics(labels, probs, threshold: float = 0.5) -> dict:
   fp = int(np.sum((pred == 1) & (labels == 0)))
   tn = int(np.sum((pred == 0) & (labels == 0)))
   fn = int(np.sum((pred == 0) & (labels == 1)))
+  scores = _from_counts(tp, fp, tn, fn)
+  if scores["n"] and labels.min() == labels.max():
+    scores["warnings"].append(f"only one class (label {labels[0]}) present; AUC reported as 0.5.")
+  scores["auc"] = auc(labels, probs) if scores["n"] else 0.5
+  return scores
+
+
+def _from_counts(tp: int, fp: int, tn: int, fn: int) -> dict:
+  """classification_metrics' scores (without AUC) from the confusion counts."""
   n = tp + fp + tn + fn
   notes: list[str] = []
-  precision = _ratio(tp, tp + fp, "precision", notes)
-  recall = _ratio(tp, tp + fn, "recall", notes)
-  specificity = _ratio(tn, tn + fp, "specificity", notes)
-  f1 = _ratio(2 * tp, 2 * tp + fp + fn, "f1", notes)
   accuracy = _ratio(tp + tn, n, "accuracy", notes)
   # Cohen's kappa: (p_o - p_e) / (1 - p_e), p_e from the marginals of truth and prediction.
   p_e = ((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp)) / n**2 if n else 0.0
@@ -141,16 +146,13 @@ def classification_metrics(labels, probs, threshold: float = 0.5) -> dict:
   else:
     notes.append("kappa is undefined (chance agreement is 1); reported as 0.")
     kappa = 0.0
-  if n and labels.min() == labels.max():
-    notes.append(f"only one class (label {labels[0]}) present; AUC reported as 0.5.")
   return {
     "accuracy": accuracy,
-    "precision": precision,
-    "recall": recall,
-    "specificity": specificity,
-    "f1": f1,
+    "precision": _ratio(tp, tp + fp, "precision", notes),
+    "recall": _ratio(tp, tp + fn, "recall", notes),
+    "specificity": _ratio(tn, tn + fp, "specificity", notes),
+    "f1": _ratio(2 * tp, 2 * tp + fp + fn, "f1", notes),
     "kappa": float(kappa),
-    "auc": auc(labels, probs) if n else 0.5,
     "tp": tp,
     "fp": fp,
     "tn": tn,
@@ -158,6 +160,14 @@ def classification_metrics(labels, probs, threshold: float = 0.5) -> dict:
     "n": n,
     "warnings": notes,
   }
+
+
+def normal_positive(scores: dict) -> dict:
+  """`classification_metrics` scores recomputed with *normal* as the positive class (the same
+  predictions): precision, recall, specificity and F1 change; accuracy, kappa and AUC do not."""
+  out = _from_counts(scores["tn"], scores["fn"], scores["tp"], scores["fp"])
+  out["auc"] = scores["auc"]
+  return out
 
 
 def study_level(ids, labels, probs, study_of) -> tuple[list[str], np.ndarray, np.ndarray]:

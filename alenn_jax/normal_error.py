@@ -1,5 +1,5 @@
-"""What normal anatomy of the same appearance also fails to repaint: D divided by it (beyond the
-paper).
+"""What normal anatomy of the same appearance also fails to repaint: D divided by it (an addition:
+the paper's text has no such step).
 
 A repainting error tracks how hard a region is to repaint as much as whether it is abnormal
 (Meissen et al., "On the Pitfalls of Using the Residual Error as Anomaly Score", MIDL 2022). On the

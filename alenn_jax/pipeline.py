@@ -33,27 +33,13 @@ from alenn_jax import (
   input_pipeline,
   localize,
   multihost,
+  pipeline_fields,
   report,
   train_classifier,
   train_inpainting,
 )
 from alenn_jax.errors import UserInputError
 from alenn_jax.progress import format_seconds
-
-# Fields of config.data that every stage shares (image_size is shared by stage 1 and stage 2a;
-# each classifier has its own, 224 or 299 px in the full configs).
-SHARED_DATA_FIELDS = (
-  "name",
-  "data_dir",
-  "manual_dir",
-  "group_by",
-  "train_split",
-  "eval_split",
-  "selection_fraction",
-  "paper_selection",
-  "seed",
-)
-
 
 def _done_path(directory: str) -> str:
   return os.path.join(directory, "done.json")
@@ -71,10 +57,47 @@ def _write_json(path: str, value) -> None:
   image_io.write_text(path, json.dumps(value, indent=2, sort_keys=True))
 
 
+def _ruled_values(config, test_split: str) -> dict[str, object]:
+  """Ruled field -> the value `resolve` gives it (fusion, le_workdir and init_from: the stage's
+  default, which `stages` replaces per run)."""
+  loc = config.localize
+  values = {}
+  for path, ruler in pipeline_fields.ruled_fields(config).items():
+    if ruler.startswith("data."):
+      values[path] = config.data[ruler[len("data.") :]]
+  values["stage1.data.folds"], values["stage1.data.holdout_fold"] = loc.folds, -1
+  values["stage1.masks.grid_stride"] = loc.stride
+  values["stage1.masks.grid_gap"] = loc.gap if loc.method == "multi_window" else 0
+  values["localize.init_from"] = ""
+  values["localize.report.split"] = test_split
+  for b in config.stage2:
+    values[f"stage2.{b}.eval.split"] = test_split
+    values[f"stage2.{b}.fusion"] = "none"
+    values[f"stage2.{b}.le_workdir"] = ""
+  return values
+
+
+def _fill_ruled(config, values: dict[str, object]) -> None:
+  """Writes the ruled fields; one set in a nested block to another value is refused."""
+  rulers = pipeline_fields.ruled_fields(config)
+  for path, value in values.items():
+    block, key = pipeline_fields.parent(config, path)
+    if key in block and block[key] != value:
+      ruler = rulers[path]
+      where = ruler if ruler.startswith("the ") else f"config.{ruler}"
+      fix = f"leave config.{path} out" if ruler.startswith("the ") else f"set config.{ruler}"
+      raise UserInputError(
+        f"config.{path}={block[key]!r}: in a pipeline config {where} sets it; {fix} instead."
+      )
+    block[key] = value
+
+
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Each stage's config with the shared data fields, the splits the dataset has, and the
-  stage-to-stage paths filled in (the pipeline config itself is not changed)."""
+  stage-to-stage fields filled in (`ruled_fields`; the pipeline config itself is not changed).
+  Raises UserInputError for a ruled field set to another value in a nested block."""
   config = config.copy_and_resolve_references()
+  config.unlock()
   data = config.data
   splits = input_pipeline.split_names(data)  # Builds the dataset on first use.
   test_split = config.test_split or input_pipeline.scored_split(data)
@@ -84,26 +107,23 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )
   config.test_split = test_split
   input_pipeline.resolve_eval_split(data, scored=test_split)
-
-  def share(target, image_size=True):
-    for field in SHARED_DATA_FIELDS:
-      target[field] = data[field]
-    if image_size:
-      target.image_size = data.image_size
-
-  share(config.stage1.data)
-  share(config.localize.data)
-  config.localize.report.split = test_split
+  loc, masks = config.localize, config.stage1.masks
+  if not isinstance(loc.folds, int) or loc.folds < 1:
+    raise UserInputError(f"config.localize.folds={loc.folds!r}: use 1 (no cross-fitting) or more.")
+  for backbone in config.backbones:
+    if backbone not in config.stage2:
+      raise UserInputError(
+        f"config.backbones lists {backbone!r}, which has no config.stage2.{backbone}; use some of "
+        f"{', '.join(config.stage2)}."
+      )
+  _fill_ruled(config, _ruled_values(config, test_split))
   # Stage 1's grid masks hide the windows the LE maps will repaint, where they will repaint them.
-  masks, loc = config.stage1.masks, config.localize
   if loc.window and loc.window != masks.window:
     raise UserInputError(
       f"config.localize.window={loc.window} differs from config.stage1.masks.window="
       f"{masks.window}: stage 1 is trained on the windows the LE maps use; set both, or leave "
       "localize.window at 0."
     )
-  if not isinstance(loc.folds, int) or loc.folds < 1:
-    raise UserInputError(f"config.localize.folds={loc.folds!r}: use 1 (no cross-fitting) or more.")
   if loc.folds > 1:
     normals = sum(1 for v in input_pipeline.split_labels(data, data.train_split).values() if v == 0)
     if loc.folds > normals:
@@ -111,16 +131,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f"config.localize.folds={loc.folds} is more than the {normals} normal training images of "
         f"{data.name}; use at most {normals} folds."
       )
-  masks.grid_stride = loc.stride
-  masks.grid_gap = loc.gap if loc.method == "multi_window" else 0
-  for backbone in config.backbones:
-    if backbone not in config.stage2:
-      raise UserInputError(
-        f"config.backbones lists {backbone!r}, which has no config.stage2.{backbone}; use some of "
-        f"{', '.join(config.stage2)}."
-      )
-    share(config.stage2[backbone].data, image_size=config.classifier_image_size_from_data)
-    config.stage2[backbone].eval.split = test_split
   return config
 
 

@@ -2,9 +2,10 @@
 
 The classifier sees each image fused with its LE map (`fusion`: none, enhance or channels; the
 maps come from a stage 2a workdir, `config.le_workdir`, matched by example id) and is trained with
-binary cross-entropy on P(abnormal), Adam at 1e-4, batch 16 (the paper's settings), optionally
-class-balanced. Every `eval_every` steps it is scored on the validation split; the checkpoint with
-the best Cohen's kappa is kept apart (`W/best/`) and is what the final scores use.
+binary cross-entropy on P(abnormal) with Adam at batch 16 (the paper's text: Adam, 1e-4, batch 16;
+the CPU-sized configs use 1e-3), optionally class-balanced. Every `eval_every` steps it is scored
+on the validation split; the checkpoint with the best Cohen's kappa is kept apart (`W/best/`) and
+is what the final scores use (our choice: the paper's text names no selection).
 
 Reads top to bottom: `create_train_state`, `train_step`, `eval_step`, `evaluate` (runs the model
 over a split and scores it: `predict`, then `scores_of`), `train_and_evaluate`,
@@ -95,7 +96,8 @@ class ClassifierSetup:
 
 
 def learning_rate(opt, total_steps: int):
-  """The learning rate per step: `opt.learning_rate`, constant (the paper's) or, with
+  """The learning rate per step: `opt.learning_rate`, constant (our reading of the text's
+  "initialized to 0.0001") or, with
   `opt.schedule="cosine"`, warmed up linearly over `opt.warmup_steps` and then decayed to 0 along a
   cosine by `total_steps`."""
   if opt.get("schedule", "constant") == "constant":

@@ -4,8 +4,8 @@ Phase 1 fits the structure generator gen_s (with disc_s) to repaint the RTV stru
 normal images (whole, or random `config.data.crop`-px crops of them: the generators are fully
 convolutional, so a CPU trains on large images at the cost of small ones); phase 2 fits the
 texture generator gen_t (with disc_t) to repaint the image on top of gen_s's structure (gen_s
-frozen, or fine-tuned by `config.finetune_gen_s`). Losses are the paper's eq. 11-12 (see
-`losses`). Masks are drawn on device from a per-step key. S comes from `rtv.extract_structure`,
+frozen, or fine-tuned by `config.finetune_gen_s`). Losses after the paper's eq. 11-12, as
+`losses` reads them. Masks are drawn on device from a per-step key. S comes from `rtv.extract_structure`,
 as `config.structure` says:
 
   in_step    inside the jitted step, of every augmented batch: the exact RTV of what the
@@ -19,8 +19,8 @@ as `config.structure` says:
              resampling of S instead of the image (BENCHMARKS.md measures both).
 
 Reads top to bottom: `create_train_state`, `train_step`, `eval_step` (`repaint`), `evaluate`
-(runs the generators over the evaluation split and scores them: the paper's Table 1, PSNR/SSIM of
-repainting normal vs abnormal images), `train_and_evaluate`, `evaluate_checkpoint` (`--mode=eval`).
+(runs the generators over the evaluation split and scores them: Table 1, PSNR/SSIM of repainting
+normal vs abnormal images, as the paper reports them; the protocol is ours), `train_and_evaluate`, `evaluate_checkpoint` (`--mode=eval`).
 Resuming is automatic from `workdir/checkpoints` (orbax): step, all parameters, optimizer and
 spectral-norm states, the RNG and the input iterator's position. The checkpoint's `generator` item
 (gen_s and gen_t parameters) is what later stages load, with `checkpointing.load_generator`.

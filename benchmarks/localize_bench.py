@@ -1,8 +1,9 @@
-"""LE-map methods against the paper's per_window, in the same process, on the same phantoms.
+"""LE-map methods against per_window (one pass per window, as the paper's text), in the same
+process, on the same phantoms.
 
   python -m benchmarks.localize_bench [--sizes 128 256] [--models small] [--images 4]
       [--stage1_workdir W]      # a trained stage 1 (its own model size) instead of random weights
-      [--score job|paper]       # D as the localize job scores it (default) or the paper's |I - I_k|
+      [--score job|plain]       # D as the localize job scores it (default) or plain |I - I_k|
       [--context PX]            # context's crop (default 0: the window plus the receptive field)
 
 For each image size, model and method (`per_window`, `multi_window` with gap = window, `context`
@@ -18,7 +19,7 @@ Then the time to map MURA elbow (5,396 images) at 224 px (window 32 / stride 16)
 each method's measured maps/s at 256 px. The last line is the summary.
 
 `--score job` scores D as the localize job does by default (configs/localize.py): a reflected
-border of one stride, the high-pass of window / 8 and the blur of window / 16; `--score paper`
+border of one stride, the high-pass of window / 8 and the blur of window / 16; `--score plain`
 turns all three off (|I - I_k| over the bare image).
 """
 
@@ -93,8 +94,8 @@ def pass_flops(inpaint, params, side: int, batch: int) -> float:
 
 
 def score_args(score: str, window: int, stride: int) -> dict:
-  """The localize job's default score (its config's -1s resolved) or the paper's."""
-  if score == "paper":
+  """The localize job's default score (its config's -1s resolved) or the plain |I - I_k|."""
+  if score == "plain":
     return {}
   return {
     "pad": stride,
@@ -162,7 +163,7 @@ def main():
   parser.add_argument("--chunk", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=1)
   parser.add_argument("--stage1_workdir", default=None)
-  parser.add_argument("--score", choices=("job", "paper"), default="job")
+  parser.add_argument("--score", choices=("job", "plain"), default="job")
   parser.add_argument("--context", type=int, default=0)
   args = parser.parse_args()
   print(f"machine: {machine_description()}")

@@ -34,15 +34,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.labels = (0, 1)  # Every image, both classes.
   config.data.batch_size = 8
   config.window = 0  # Sliding window side (px); 0: the stage 1 run's mask window.
-  config.stride = 0  # Step between windows (px); 0: half the window (the paper: d < w).
-  config.method = "per_window"  # per_window (the paper) | multi_window | context: see localize.
+  config.stride = 0  # Step between windows (px); 0: half the window (the paper's text: d < w).
+  # per_window (one pass per window, as the paper's text) | multi_window | context: see localize.
+  config.method = "per_window"
   config.gap = 0  # multi_window: least distance (px) between windows repainted together; 0: window.
   # context: side (px) of the crop a window is repainted from; 0: the window plus the stage 1
   # generator's receptive field (148 px for `small`), rounded up to a multiple of 2**depth.
   config.context = 0
   # Reflected border (px) added to each image before the windows are laid out, D cropped back:
   # border pixels get as many windows as inner ones, border windows context on all sides.
-  # -1: the stride (rounded up to a multiple of 2**(model.depth - 1)); 0: none (the paper).
+  # -1: the stride (rounded up to a multiple of 2**(model.depth - 1)); 0: none (as the text).
   config.pad = -1
   # The letterbox bars around a non-square image, before its windows are repainted: "reflect"
   # fills them with the image reflected about its own edges, so a window at an edge that meets a
@@ -50,17 +51,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # leaves them black, as stage 1 and the classifiers see them. Square images are the same either
   # way. On FracAtlas hand: pixel AUROC 0.828 -> 0.844 on test (BENCHMARKS.md).
   config.letterbox = "reflect"
-  # Each window scores |r - m| instead of the paper's |r| = |I - I_k|, m the local mean of r inside
+  # Each window scores |r - m| instead of the plain |r| = |I - I_k|, m the local mean of r inside
   # the hole (a Gaussian of sigma `highpass` px): a repainting that gets a region's brightness
-  # wrong but not its content scores nothing. -1: window / 8; 0: off (the paper).
+  # wrong but not its content scores nothing. -1: window / 8; 0: off (as the text).
   config.highpass = -1.0
   # Then a pixel of the hole keeps only what no repainted pixel up to `shift` px away along its
   # row or column matches: an edge repainted a pixel off is not a lesion, a dark line across a
   # bone still is. -1: window / 16, at least 1 (on the phantoms' `test` split pointing game
-  # 0.609 -> 0.703, pixel AUPRC 0.463 -> 0.520); 0: off (the paper); at most (window - 1) // 2.
+  # 0.609 -> 0.703, pixel AUPRC 0.463 -> 0.520); 0: off (as the text); at most (window - 1) // 2.
   # Real radiographs want more: on FracAtlas hand pixel AUROC rose with every pixel up to 7.
   config.shift = -1
-  # D is then blurred with a Gaussian of sigma `smooth` px. -1: window / 16; 0: off (the paper).
+  # D is then blurred with a Gaussian of sigma `smooth` px. -1: window / 16; 0: off (as the text).
   # The -1s were chosen on the phantoms' validation split (BENCHMARKS.md).
   config.smooth = -1.0
   # Optionally D is then divided by what normal anatomy of the same appearance also fails to

@@ -7,25 +7,42 @@
       --config.data.name=fracatlas/hand --config.data.manual_dir=../shared/data/fracatlas
   python launch.py --config=configs/pipeline.py:full --workdir=W \\
       --config.data.manual_dir=/data/mura                            # MURA elbow, accelerators
+  python launch.py --config=configs/pipeline.py:paper --workdir=W \\
+      --config.data.manual_dir=/data/mura                            # the paper's method as written
+  python launch.py --config=configs/pipeline.py:paper_small --workdir=W  # the same, CPU-sized
+
+The `paper` presets run the method as the paper's text describes it: every addition of
+`alenn_jax/additions.py` off (per-window repainting, |I - I_k| as it is, no reflected border,
+no augmentation, one generator, one seed, no carved selection split). `paper` has `full`'s
+networks and lengths, `paper_small` the `small` ones (the CPU demo's sizes).
 
 `config.data` is shared by every stage (name, folders, splits; image_size for stage 1 and the LE
 maps). Each stage's own fields stay reachable: --config.stage1.phase1_steps=...,
---config.localize.stride=..., --config.stage2.resnet50.num_train_steps=....
+--config.localize.stride=..., --config.stage2.resnet50.num_train_steps=.... The fields the
+pipeline sets itself (`alenn_jax/pipeline_fields.py`: the stages' shared data fields, splits,
+folders, fusion) are left out of the stages' blocks: set config.data.name, not
+config.stage1.data.name.
 """
 
 import ml_collections
 
-from alenn_jax import input_pipeline
+from alenn_jax import additions, input_pipeline, pipeline_fields
 from configs import localize, stage1, stage2
 
 BACKBONES = ("vgg19", "resnet50", "densenet121", "inception_v3")
-SIZES = ("smoke", "small", "small128", "real", "full")
+SIZES = ("smoke", "small", "small128", "real", "full", "paper", "paper_small")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size = arg or "small"
   if size not in SIZES:
     raise ValueError(f"configs/pipeline.py: unknown argument {arg!r}; use {', '.join(SIZES)}.")
+  if size.startswith("paper"):
+    return additions.turn_off(get_config("full" if size == "paper" else "small"))
+  return pipeline_fields.strip_ruled(_build(size))
+
+
+def _build(size: str) -> ml_collections.ConfigDict:
   phantoms128 = size == "small128"
   real = size == "real"
   if phantoms128 or real:  # Variants of the `small` networks and recipe.

@@ -3,7 +3,7 @@ dotted name; the shipped configs pass."""
 
 from absl.testing import absltest, parameterized
 
-from alenn_jax import config_checks
+from alenn_jax import additions, config_checks, pipeline_fields
 from alenn_jax.errors import UserInputError
 from configs import localize, pipeline, predict, rtv_demo, stage1, stage2
 
@@ -17,6 +17,8 @@ class ValidateTest(parameterized.TestCase):
     (pipeline, "small"),
     (pipeline, "small128"),
     (pipeline, "real"),
+    (pipeline, "paper"),
+    (pipeline, "paper_small"),
     (rtv_demo, "smoke"),
     (predict, None),
   )
@@ -92,7 +94,7 @@ class PipelineSizesTest(absltest.TestCase):
       self.assertEqual((loc.method, loc.window, loc.stride, loc.gap), ("multi_window", 16, 8, 16))
       self.assertEqual(config.stage1.masks.weights, (0.2, 0.2, 0.2, 0.4))
       self.assertEqual({c.num_train_steps for c in config.stage2.values()}, {300})
-      self.assertEqual(config.stage1.data.image_size, config.data.image_size)
+      self.assertNotIn("image_size", config.stage1.data)  # Ruled by config.data.image_size.
     self.assertEqual((demo.data.image_size, big.data.image_size), (64, 128))
     self.assertEqual((demo.stage1.model.padding, big.stage1.model.padding), ("zero", "reflect"))
     self.assertEqual((demo.stage1.phase1_steps, demo.stage1.phase2_steps), (200, 300))
@@ -118,8 +120,55 @@ class PipelineSizesTest(absltest.TestCase):
     self.assertEqual(real.to_dict(), demo.to_dict())
 
   def test_unknown_size_names_the_known_ones(self):
-    with self.assertRaisesRegex(ValueError, r"'medium'; use smoke, small, small128, real, full"):
+    with self.assertRaisesRegex(
+      ValueError, r"'medium'; use smoke, small, small128, real, full, paper, paper_small"
+    ):
       pipeline.get_config("medium")
+
+  def test_paper_presets_run_the_text_with_every_addition_off(self):
+    for arg, sizes_of in (("paper", "full"), ("paper_small", "small")):
+      paper, base = pipeline.get_config(arg), pipeline.get_config(sizes_of)
+      self.assertEqual(additions.on(paper), [], arg)
+      self.assertNotEqual(additions.on(base), [], arg)
+      loc = paper.localize
+      self.assertEqual(
+        (loc.method, loc.pad, loc.letterbox, loc.highpass, loc.shift, loc.smooth),
+        ("per_window", 0, "zero", 0.0, 0, 0.0),
+      )
+      self.assertEqual((loc.normal_error.patch, loc.foreground, loc.folds), (0, "none", 1))
+      self.assertIn(loc.stride, (0, loc.window // 2))  # Half the window (0 too): the text's d < w.
+      s1 = paper.stage1
+      self.assertEqual((s1.structure, s1.masks.weights), ("in_step", (0.3, 0.3, 0.4, 0.0)))
+      self.assertEqual((s1.alpha, s1.beta, s1.optimizer.learning_rate), (0.8, 0.85, 1e-4))
+      self.assertEqual((paper.seeds, paper.data.paper_selection), (1, True))
+      self.assertEqual(paper.fusions, ("none", "enhance"))
+      self.assertEqual(paper.data.batch_size, 16)
+      for block in (s1, *paper.stage2.values()):
+        self.assertFalse(block.data.augment.flip)
+        self.assertEqual(
+          {v for k, v in block.data.augment.items() if k != "flip"}, {0.0}, block.get("backbone")
+        )
+      # Sizes and lengths are those of the preset it is built on.
+      self.assertEqual(paper.data.image_size, base.data.image_size)
+      self.assertEqual((s1.phase1_steps, s1.model.to_dict()), (base.stage1.phase1_steps,
+                                                               base.stage1.model.to_dict()))
+      for b, c in paper.stage2.items():
+        self.assertEqual(c.num_train_steps, base.stage2[b].num_train_steps)
+        self.assertEqual(c.optimizer.learning_rate, base.stage2[b].optimizer.learning_rate)
+    self.assertEqual(pipeline.get_config("paper").stage2.vgg19.optimizer.learning_rate, 1e-4)
+
+  def test_fields_the_pipeline_sets_are_out_of_the_stages_blocks_and_name_their_ruler(self):
+    config = pipeline.get_config("small")
+    self.assertNotIn("name", config.stage1.data)
+    self.assertNotIn("fusion", config.stage2.vgg19)
+    self.assertNotIn("split", config.localize.report)
+    self.assertIn("batch_size", config.stage1.data)  # A stage's own field stays.
+    self.assertEqual(pipeline_fields.ruling_field("stage2.vgg19.data.name"), "data.name")
+    self.assertEqual(pipeline_fields.ruling_field("stage2.resnet50.fusion"), "fusions")
+    self.assertEqual(pipeline_fields.ruling_field("stage1.masks.grid_stride"), "localize.stride")
+    self.assertIsNone(pipeline_fields.ruling_field("stage1.phase1_steps"))
+    # `full` gives each classifier its own image size: not ruled there.
+    self.assertIn("image_size", pipeline.get_config("full").stage2.vgg19.data)
 
 
 if __name__ == "__main__":

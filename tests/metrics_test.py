@@ -99,6 +99,26 @@ class ClassificationMetricsTest(parameterized.TestCase):
     self.assertEqual(got["recall"], 0.5)
     self.assertEqual(got["precision"], 1.0)
 
+  def test_normal_positive_view_matches_sklearn_with_pos_label_0(self):
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, 300)
+    probs = np.clip(0.3 * labels + rng.random(300) * 0.7, 0, 1)
+    got = metrics.normal_positive(metrics.classification_metrics(labels, probs))
+    pred = (probs >= 0.5).astype(int)
+    self.assertAlmostEqual(got["precision"], skl.precision_score(labels, pred, pos_label=0))
+    self.assertAlmostEqual(got["recall"], skl.recall_score(labels, pred, pos_label=0))
+    self.assertAlmostEqual(got["f1"], skl.f1_score(labels, pred, pos_label=0))
+    self.assertAlmostEqual(got["specificity"], skl.recall_score(labels, pred))
+    self.assertAlmostEqual(got["kappa"], skl.cohen_kappa_score(labels, pred))
+
+  def test_the_papers_vgg_row_is_a_normal_positive_confusion_matrix_of_mura_elbow_valid(self):
+    # MURA elbow valid: 235 normal, 230 abnormal. 222 normals called normal, 67 abnormals too.
+    labels = np.array([0] * 235 + [1] * 230)
+    probs = np.array([0.0] * 222 + [1.0] * 13 + [0.0] * 67 + [1.0] * 163)
+    got = metrics.normal_positive(metrics.classification_metrics(labels, probs))
+    row = [round(100 * got[k], 2) for k in ("accuracy", "precision", "recall", "f1", "kappa")]
+    self.assertEqual(row, [82.8, 76.82, 94.47, 84.73, 65.5])  # The paper's Table 2, VGG-19.
+
   @parameterized.parameters(0, 1)
   def test_one_class_gives_defined_values_and_a_warning(self, label):
     labels = np.full(10, label)

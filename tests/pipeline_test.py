@@ -15,11 +15,13 @@ from absl.testing import absltest
 from PIL import Image
 
 from alenn_jax import (
+  additions,
   checkpointing,
   datasets,
   input_pipeline,
   le_maps,
   pipeline,
+  pipeline_fields,
   predict,
   predictions,
   stats,
@@ -129,6 +131,32 @@ class PipelineTest(absltest.TestCase):
     config.localize.folds = 10_000
     with self.assertRaisesRegex(UserInputError, r"config.localize.folds=10000 is more than the"):
       pipeline.resolve(config)
+
+  def test_a_field_the_pipeline_sets_is_refused_with_its_ruler(self):
+    for path, value, pattern in (
+      ("stage1.data.name", "phantoms/px128", r"config.stage1.data.name='phantoms/px128': in a "
+       r"pipeline config config.data.name sets it; set config.data.name instead"),
+      ("stage2.resnet50.fusion", "enhance", r"config.fusions sets it"),
+      ("localize.init_from", "/elsewhere", r"the pipeline's workdir \(W/stage1\) sets it; leave"),
+    ):
+      config = smoke_config(self.data_dir)
+      block, key = pipeline_fields.parent(config, path)
+      block[key] = value
+      with self.assertRaisesRegex(UserInputError, pattern):
+        pipeline.resolve(config)
+    resolved = pipeline.resolve(smoke_config(self.data_dir))  # Filled in, not refused.
+    self.assertEqual(resolved.stage1.data.name, "phantoms/px64")
+    self.assertEqual(resolved.stage2.resnet50.eval.split, "test")
+
+  def test_paper_preset_resolves_with_every_addition_off(self):
+    config = pipeline_config.get_config("paper_small")
+    config.data.name, config.data.data_dir = "phantoms/px64", self.data_dir
+    resolved = pipeline.resolve(config)
+    self.assertEqual(additions.on(resolved), [])
+    # A dataset with its own validation split selects there, carve or not.
+    self.assertEqual((resolved.data.eval_split, resolved.test_split), ("validation", "test"))
+    self.assertEqual(resolved.stage1.masks.weights[3], 0.0)  # No grid masks.
+    self.assertEqual(resolved.localize.method, "per_window")
 
   def test_rerun_recomputes_nothing(self):
     before = mtimes(self.workdir)
