@@ -4,9 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workdir/demo
-# Test processes (pytest-xdist), each test file whole on one of them so class set-ups run once:
-# on 2 cores the suite took 18 min 18 s in one process, 14 min 54 s in two; 17 min 24 s to 20 min 58 s in two since
-# the pipeline also runs as two JAX processes in pipeline_test. 1: one process.
+# Test processes (pytest-xdist), each test file whole on one of them so class set-ups run once
+# (BENCHMARKS.md has the suite's times). 1: one process.
 TEST_WORKERS ?= 2
 
 .PHONY: demo rtv_demo stage1 test lint bench clean

@@ -17,16 +17,15 @@ from ml_collections import config_flags
 
 from alenn_jax import (
   config_checks,
-  localize,
   multihost,
   pipeline,
   pipeline_fields,
-  predict,
   rtv_demo,
-  train_classifier,
   train_inpainting,
 )
+from alenn_jax.classification import predict, train_classifier
 from alenn_jax.errors import UserInputError
+from alenn_jax.localization import localize
 from alenn_jax.preemption import Preempted
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -7,7 +7,7 @@ what we add" has each one's measured effect (BENCHMARKS.md).
 
 Gaps the text leaves (RTV parameters, the networks, the masks' shapes, the difference taken as
 |I - I_k|, the fusion I * (1 + gamma * LE), the stride, checkpoint selection) are filled by stated
-choices and are not additions: DESIGN.md section 3 lists them.
+choices and are not additions: README's table lists them.
 """
 
 import dataclasses

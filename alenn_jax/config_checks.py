@@ -26,9 +26,10 @@ import dataclasses
 
 import ml_collections
 
-from alenn_jax import foreground, fusion, localize, masks, models, rtv
+from alenn_jax import foreground, fusion, masks, models, rtv
 from alenn_jax.datasets.folder.folder import GROUP_BY
 from alenn_jax.errors import UserInputError
+from alenn_jax.localization import difference
 from alenn_jax.models import inpainting
 
 
@@ -130,7 +131,7 @@ def validate(
         f"pixels between windows would never be repainted; use 1 <= stride <= window ({window})",
       )
     method = config.get("method", "per_window")
-    _check_choice(f"{path}.method", method, localize.METHODS)
+    _check_choice(f"{path}.method", method, difference.METHODS)
     _check_choice(f"{path}.foreground", config.get("foreground", "none"), foreground.MODES)
     gap, context = config.get("gap", 0), config.get("context", 0)
     if method == "multi_window" and (not isinstance(gap, int) or gap < 0):

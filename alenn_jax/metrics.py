@@ -10,6 +10,7 @@ eq. 14 prints the denominators as products; they are sums, as in Wang et al.)
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats as scipy_stats
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
@@ -104,13 +105,21 @@ def roc_curve(labels, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return fpr, tpr, thresholds
 
 
-def auc(labels, probs) -> float:
-  """Area under the ROC curve (trapezoids, i.e. ties count half); 0.5 when a class is absent."""
-  labels, probs = _binary_inputs(labels, probs)
-  if labels.size == 0 or labels.min() == labels.max():
-    return 0.5
-  fpr, tpr, _ = roc_curve(labels, probs)
-  return float(np.trapezoid(tpr, fpr))
+def auc(labels, scores, absent: float = 0.5):
+  """The one AUROC of the project: of `scores` against 0/1 (or boolean) `labels`, along the last
+  axis (leading axes are independent sets, e.g. bootstrap resamples). The Mann-Whitney statistic
+  by mid-ranks, so a tie counts half: the trapezoid area under `roc_curve`. Where one class is
+  missing it is undefined and `absent` is returned (0.5 in Table 2; NaN for pixel scores and
+  bootstrap resamples). A float for 1-D input, else an array."""
+  scores = np.asarray(scores, np.float64)
+  positive = np.broadcast_to(np.asarray(labels).astype(bool), scores.shape)
+  n_pos = positive.sum(axis=-1).astype(np.float64)
+  n_neg = positive.shape[-1] - n_pos
+  ranks = scipy_stats.rankdata(scores, axis=-1) if scores.size else scores  # Mid-ranks.
+  u = np.sum(ranks * positive, axis=-1) - n_pos * (n_pos + 1) / 2
+  with np.errstate(invalid="ignore", divide="ignore"):
+    out = np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), absent)
+  return float(out) if out.ndim == 0 else out
 
 
 def classification_metrics(labels, probs, threshold: float = 0.5) -> dict:

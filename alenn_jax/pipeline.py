@@ -28,18 +28,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from alenn_jax import (
-  image_io,
-  input_pipeline,
-  localize,
-  multihost,
-  pipeline_fields,
-  report,
-  train_classifier,
-  train_inpainting,
-)
+from alenn_jax import data_splits, image_io, multihost, pipeline_fields, train_inpainting
+from alenn_jax.classification import train_classifier
 from alenn_jax.errors import UserInputError
+from alenn_jax.localization import localize, map_settings
 from alenn_jax.progress import format_seconds
+from alenn_jax.reporting import lesion_scores, report_md, tables
+
 
 def _done_path(directory: str) -> str:
   return os.path.join(directory, "done.json")
@@ -99,14 +94,14 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config = config.copy_and_resolve_references()
   config.unlock()
   data = config.data
-  splits = input_pipeline.split_names(data)  # Builds the dataset on first use.
-  test_split = config.test_split or input_pipeline.scored_split(data)
+  splits = data_splits.split_names(data)  # Builds the dataset on first use.
+  test_split = config.test_split or data_splits.scored_split(data)
   if test_split not in splits:
     raise UserInputError(
       f"config.test_split={test_split!r}: {data.name} has splits {', '.join(splits)}."
     )
   config.test_split = test_split
-  input_pipeline.resolve_eval_split(data, scored=test_split)
+  data_splits.resolve_eval_split(data, scored=test_split)
   loc, masks = config.localize, config.stage1.masks
   if not isinstance(loc.folds, int) or loc.folds < 1:
     raise UserInputError(f"config.localize.folds={loc.folds!r}: use 1 (no cross-fitting) or more.")
@@ -125,7 +120,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       "localize.window at 0."
     )
   if loc.folds > 1:
-    normals = sum(1 for v in input_pipeline.split_labels(data, data.train_split).values() if v == 0)
+    normals = sum(1 for v in data_splits.split_labels(data, data.train_split).values() if v == 0)
     if loc.folds > normals:
       raise UserInputError(
         f"config.localize.folds={loc.folds} is more than the {normals} normal training images of "
@@ -173,7 +168,7 @@ def stages(config, workdir: str) -> list[tuple[str, str, callable]]:
   loc = config.localize
   folds = loc.folds
   out = []
-  for k, directory in enumerate(localize.generator_dirs(stage1_dir, folds)):
+  for k, directory in enumerate(map_settings.generator_dirs(stage1_dir, folds)):
     c = config.stage1.copy_and_resolve_references()
     name = "stage 1: inpainting GAN"
     if folds > 1:  # Cross-fitting: generator k never sees the train patients of fold k.
@@ -249,7 +244,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("pipeline: report already written, skipped")
   elif first:
     _collect_report(resolved, workdir, report_dir)
-    path = report.write_report_md(resolved, workdir, report_dir, plan, timings)
+    path = report_md.write_report_md(resolved, workdir, report_dir, plan, timings)
     _write_json(_done_path(report_dir), {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     logging.info("pipeline: wrote %s", path)
   multihost.barrier("pipeline: report written")
@@ -260,24 +255,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _collect_report(config, workdir: str, report_dir: str) -> None:
   """Copies the stages' tables and figures into W/report and writes Table 2 and Figure 4."""
   os.makedirs(report_dir, exist_ok=True)
-  sources = {
-    os.path.join(
-      localize.generator_dirs(os.path.join(workdir, "stage1"), config.localize.folds)[0],
-      "report",
-      "table1.csv",
-    ): "table1.csv",
-    os.path.join(workdir, "localize", "report", "normal_le.csv"): "normal_le.csv",
-    os.path.join(workdir, "localize", "report", "localization.csv"): "localization.csv",
-    os.path.join(workdir, "localize", "report", report.BY_KIND_CSV): report.BY_KIND_CSV,
-    os.path.join(workdir, "localize", "report", report.FOREGROUND_CSV): report.FOREGROUND_CSV,
-    os.path.join(workdir, "localize", "report", "fig3_normal.png"): "fig3_normal.png",
-    os.path.join(workdir, "localize", "report", "fig3_abnormal.png"): "fig3_abnormal.png",
-  }
+  stage1 = map_settings.generator_dirs(os.path.join(workdir, "stage1"), config.localize.folds)[0]
+  sources = {os.path.join(stage1, "report", "table1.csv"): "table1.csv"}
+  for name in (
+    "normal_le.csv",
+    "localization.csv",
+    lesion_scores.BY_KIND_CSV,
+    lesion_scores.FOREGROUND_CSV,
+    "fig3_normal.png",
+    "fig3_abnormal.png",
+  ):
+    sources[os.path.join(workdir, "localize", "report", name)] = name
   for src, name in sources.items():
     if os.path.exists(src):
       tmp = os.path.join(report_dir, f".{name}.tmp")
       shutil.copyfile(src, tmp)
       os.replace(tmp, os.path.join(report_dir, name))
   runs = classifier_dirs(config, workdir)
-  report.table2(runs, report_dir, config.test_split)
-  report.le_effect(runs, report_dir, config.test_split, config.bootstrap_resamples)
+  tables.table2(runs, report_dir, config.test_split)
+  tables.le_effect(runs, report_dir, config.test_split, config.bootstrap_resamples)

@@ -74,5 +74,3 @@ def ruling_field(path: str) -> str | None:
     parts[1] = "*"
   every = ml_collections.ConfigDict({"stage2": {"*": {}}, "classifier_image_size_from_data": True})
   return ruled_fields(every).get(".".join(parts))
-
-

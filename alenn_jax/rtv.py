@@ -11,18 +11,12 @@ reference code `tsmooth(I, lambda, sigma, sharpness, maxIter)` computes:
 
 with forward differences, the last column of wx and last row of wy set to zero, and a separable
 Gaussian G of size round(5 sigma) forced odd, zero padded. The reference factorises the sparse
-matrix; here the 5-point operator is applied matrix-free and the system is solved with a
-preconditioned conjugate gradient (`lax.while_loop`) over a whole batch at once, each image
-and channel an independent system, warm-started from the previous outer iterate, preconditioned by
-a geometric multigrid V-cycle (see `MultigridPreconditioner`). Weights are shared
-by the channels of an image (the reference averages the gradient magnitudes over channels).
-
-Images are `[B, H, W, C]` float in [0, 1]. `extract_structure` is jit-compiled and may be called
-inside other jitted code; no gradient flows through it (it is a fixed pre-processing of the data).
-
-Command line, for looking at the result of one image:
-
-  python -m alenn_jax.rtv IN_IMAGE OUT_FILE [--lam --sigma --sharpness --iters --tol --size]
+matrix; here the 5-point operator is applied matrix-free and each image and channel's system is
+solved by a conjugate gradient (`lax.while_loop`) over the whole batch, warm-started from the
+previous outer iterate and preconditioned by a multigrid V-cycle (`MultigridPreconditioner`).
+Weights are shared by an image's channels (the reference averages gradient magnitudes over them).
+Images are `[B, H, W, C]` float in [0, 1]; `extract_structure` is jit-compiled, may be called
+inside other jitted code, and passes no gradient. `python -m alenn_jax.rtv IN OUT` shows one image.
 """
 
 import argparse
@@ -191,21 +185,17 @@ def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
   return jnp.where(den != 0, num / jnp.where(den != 0, den, 1.0), 0.0)
 
 
-# ----------------------------------------------------------------------------------------------
-# Multigrid preconditioner.
-#
-# The system is M x + Lw x = b with M diagonal ("mass"; the identity on the image grid) and Lw the
-# 5-point Laplacian with edge weights ex = lam * wx, ey = lam * wy. Aggregating 2x2 blocks with the
-# piecewise-constant prolongation P keeps that form exactly under the Galerkin product P^T A P:
-# the coarse mass is the block sum of M and a coarse edge weight is the sum of the two fine edges
-# crossing the block boundary. So every level is the same matrix-free stencil, the hierarchy costs
-# a few block sums, and strong edge weights (flat regions, where RTV weights reach 1e6) are
-# carried down faithfully. A symmetric V-cycle (red-black Gauss-Seidel, red-black before the coarse
-# correction and black-red after it; a dense Cholesky solve on the coarsest grid) is a symmetric
-# positive definite preconditioner for conjugate gradient.
+# Multigrid preconditioner. The system is M x + Lw x = b with M diagonal ("mass"; the identity on
+# the image grid) and Lw the 5-point Laplacian with edge weights ex = lam * wx, ey = lam * wy.
+# Aggregating 2x2 blocks with the piecewise-constant prolongation P keeps that form exactly under
+# the Galerkin product P^T A P: the coarse mass is the block sum of M and a coarse edge weight is
+# the sum of the two fine edges crossing the block boundary. So every level is the same matrix-free
+# stencil, the hierarchy costs a few block sums, and strong edge weights (flat regions, where RTV
+# weights reach 1e6) are carried down faithfully. A symmetric V-cycle (red-black Gauss-Seidel, red-
+# black before the coarse correction and black-red after it; a dense Cholesky solve on the coarsest
+# grid) is a symmetric positive definite preconditioner for conjugate gradient.
 
-# The coarsest grid is at most this many pixels on a side; it is solved directly.
-_COARSEST_SIDE = 16
+_COARSEST_SIDE = 16  # The coarsest grid is at most this many pixels on a side; solved directly.
 
 
 class _Level(NamedTuple):
@@ -289,8 +279,7 @@ class MultigridPreconditioner:
       return jnp.where(mask, x + (b - _level_apply(level, x)) / level.diag, x)
 
     # A loop (not unrolled Python) on purpose: its boundary stops XLA from fusing the sweeps of all
-    # levels into the finest one, where every pixel would recompute its whole dependency cone
-    # (measured ~10x slower V-cycles on CPU).
+    # levels into the finest one, where every pixel would recompute its whole dependency cone.
     return jax.lax.fori_loop(0, 2 * self.sweeps, half_sweep, x)
 
   def _coarse_solve(self, b):
@@ -448,10 +437,6 @@ def extract_structure(
 def structure_of(images: jax.Array, params: RTVParams) -> jax.Array:
   """RTV structure of `[B, H, W, C]` images in the models' `[-1, 1]` range, in `[-1, 1]`."""
   return extract_structure((images + 1.0) / 2.0, **params.as_kwargs()) * 2.0 - 1.0
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line.
 
 
 def _positive(kind):

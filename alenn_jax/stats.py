@@ -17,6 +17,8 @@ import math
 import numpy as np
 from scipy import stats as scipy_stats
 
+from alenn_jax import metrics
+
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "kappa", "auc")
 CONFIDENCE = 0.95
 
@@ -44,12 +46,7 @@ def scores(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str,
   accuracy = _ratio(tp + tn, n)
   p_e = _ratio((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp), n**2)
   kappa = np.where(p_e < 1.0, (accuracy - p_e) / np.where(p_e < 1.0, 1.0 - p_e, 1.0), 0.0)
-  n_pos = pos.sum(axis=-1).astype(np.float64)
-  n_neg = labels.shape[-1] - n_pos
-  ranks = scipy_stats.rankdata(probs, axis=-1)  # Midranks: a tie counts half.
-  u = np.sum(ranks * pos, axis=-1) - n_pos * (n_pos + 1) / 2
-  with np.errstate(invalid="ignore", divide="ignore"):
-    auc = np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+  auc = metrics.auc(pos, probs, absent=np.nan)
   return {
     "accuracy": accuracy,
     "precision": _ratio(tp, tp + fp),

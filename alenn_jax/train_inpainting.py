@@ -5,28 +5,24 @@ normal images (whole, or random `config.data.crop`-px crops of them: the generat
 convolutional, so a CPU trains on large images at the cost of small ones); phase 2 fits the
 texture generator gen_t (with disc_t) to repaint the image on top of gen_s's structure (gen_s
 frozen, or fine-tuned by `config.finetune_gen_s`). Losses after the paper's eq. 11-12, as
-`losses` reads them. Masks are drawn on device from a per-step key. S comes from `rtv.extract_structure`,
-as `config.structure` says:
+`losses` reads them. Masks are drawn on device from a per-step key. S comes from
+`rtv.extract_structure`, as `config.structure` says:
 
   in_step    inside the jitted step, of every augmented batch: the exact RTV of what the
-             generators see, at the cost of one RTV solve per step (on a 2-core CPU at 64 px,
-             0.19 s of a 0.54 s step; on a GPU the solver's sequential CG loop is probably most
-             of the step).
-  per_image  once per training image before the first step (unaugmented, letterboxed at
-             `data.image_size`), then augmented with its image in the input pipeline (the same
-             rotation, zoom, flip, crop, contrast and brightness). RTV commutes exactly with a
-             brightness shift and nearly with a gain, rotation and zoom; what differs is the
-             resampling of S instead of the image (BENCHMARKS.md measures both).
+             generators see, at the cost of one RTV solve per step.
+  per_image  once per training image before the first step, then augmented with its image in
+             the input pipeline (RTV commutes exactly with a brightness shift and nearly with a
+             gain, rotation and zoom; BENCHMARKS.md measures both).
 
 Reads top to bottom: `create_train_state`, `train_step`, `eval_step` (`repaint`), `evaluate`
 (runs the generators over the evaluation split and scores them: Table 1, PSNR/SSIM of repainting
-normal vs abnormal images, as the paper reports them; the protocol is ours), `train_and_evaluate`, `evaluate_checkpoint` (`--mode=eval`).
+normal vs abnormal images, as the paper reports them; the protocol is ours), `train_and_evaluate`,
+`evaluate_checkpoint` (`--mode=eval`).
 Resuming is automatic from `workdir/checkpoints` (orbax): step, all parameters, optimizer and
 spectral-norm states, the RNG and the input iterator's position. The checkpoint's `generator` item
 (gen_s and gen_t parameters) is what later stages load, with `checkpointing.load_generator`.
 """
 
-import csv
 import dataclasses
 import functools
 import os
@@ -45,20 +41,21 @@ from clu import parameter_overview
 
 from alenn_jax import (
   checkpointing,
+  data_splits,
   image_io,
   input_pipeline,
   losses,
   metrics,
-  preemption,
-  progress,
   rtv,
   sharding,
+  training_loop,
   writers,
 )
 from alenn_jax import masks as masks_lib
 from alenn_jax.checkpointing import DATA, GENERATOR, STATE
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting
+from alenn_jax.reporting import tables
 
 NETS = ("gen_s", "disc_s", "gen_t", "disc_t")
 # Fields whose change makes the checkpoints of a workdir unusable (checkpointing.check_config).
@@ -301,15 +298,6 @@ def evaluate(config, static: GanSetup, gen_params, mesh) -> dict[str, dict[str, 
   return table
 
 
-def write_table1(table, workdir: str) -> str:
-  path = os.path.join(workdir, "report", "table1.csv")
-  rows = [["Images", "PSNR", "SSIM", "Count"]]
-  rows += [[name, f"{v['psnr']:.4f}", f"{v['ssim']:.4f}", v["count"]] for name, v in table.items()]
-  with image_io.atomic_open(path, "w") as f:
-    csv.writer(f).writerows(rows)
-  return path
-
-
 def make_image_grid(static: GanSetup, mesh, num: int):
   """The jitted `(gen params, images, rng) -> rows of (input, mask, structure, S_hat, I_hat,
   composite)` in [0, 1] of the first `num` images, `[num*H, 6*W]`; built once per run. The rows are
@@ -372,11 +360,8 @@ def structure_per_image(config, static: GanSetup) -> dict[str, np.ndarray]:
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains both phases (resuming from `workdir` if it holds a checkpoint), then writes Table 1."""
-  if config.eval.split not in input_pipeline.split_names(config.data):  # Table 1: held out.
-    config.eval.split = input_pipeline.resolve_eval_split(config.data)
-  checkpointing.check_config(config, workdir, STAGE1_SHAPE_FIELDS)
+def _checked_structure_mode(config) -> str:
+  """`config.structure`, with `data.crop` checked against the generator's depth."""
   crop, factor = config.data.get("crop", 0), 2**config.model.depth
   if crop and (crop % factor or crop >= config.data.image_size):
     raise UserInputError(
@@ -388,6 +373,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     raise UserInputError(
       f"config.structure={structure_mode!r}: use one of {', '.join(rtv.STRUCTURE_MODES)}."
     )
+  return structure_mode
+
+
+def _jitted_steps(static: GanSetup, mesh, keys) -> dict:
+  """Phase -> its `train_step`, jitted once (named train_step_phase1 / 2)."""
+  replicated = sharding.replicated(mesh)
+  batch_shardings = {k: sharding.batch_sharding(mesh) for k in keys}
+  steps = {}
+  for phase in (1, 2):
+    fn = functools.partial(train_step, static=static, phase=phase)
+    fn.__name__ = f"train_step_phase{phase}"
+    steps[phase] = jax.jit(
+      fn,
+      in_shardings=(replicated, batch_shardings, replicated),
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+    )
+  return steps
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains both phases (resuming from `workdir` if it holds a checkpoint), then writes Table 1."""
+  if config.eval.split not in data_splits.split_names(config.data):  # Table 1: held out.
+    config.eval.split = data_splits.resolve_eval_split(config.data)
+  checkpointing.check_config(config, workdir, STAGE1_SHAPE_FIELDS)
+  structure_mode = _checked_structure_mode(config)
   mesh = sharding.make_mesh()
   static = GanSetup.from_config(config)
   total_steps = config.phase1_steps + config.phase2_steps
@@ -415,55 +426,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       )
   start = int(jax.device_get(state.step))
 
-  batch_sharding = sharding.batch_sharding(mesh)
   keys = input_pipeline.NUMERIC_KEYS + (("structure",) if structures is not None else ())
-  batch_shardings = {k: batch_sharding for k in keys}
-  steps = {}
-  for phase in (1, 2):
-    fn = functools.partial(train_step, static=static, phase=phase)
-    fn.__name__ = f"train_step_phase{phase}"
-    steps[phase] = jax.jit(
-      fn,
-      in_shardings=(replicated, batch_shardings, replicated),
-      out_shardings=(replicated, replicated),
-      donate_argnums=(0,),
-    )
-  report = writers.report_progress(total_steps, writer)
-  progress_line = progress.Progress("stage 1", total_steps, config.data.batch_size)
+  steps = _jitted_steps(static, mesh, keys)
   image_grid = make_image_grid(static, mesh, config.grid_examples)
-  grid_images = None
+  first = {}  # The first batch this run sees: its images head every image grid.
   stop = total_steps if config.stop_at_step < 0 else min(config.stop_at_step, total_steps)
-  with preemption.watch() as should_stop:
-    for step in range(start, stop):
-      batch = next(train_iter)
-      numeric = {k: batch[k] for k in keys}
-      if grid_images is None:
-        grid_images = numeric["image"]
-      phase = 1 if step < config.phase1_steps else 2
-      state, step_metrics = steps[phase](state, numeric, jax.random.fold_in(state.rng, step))
-      step_metrics = jax.device_get(step_metrics)
-      checkpointing.check_finite(step_metrics, step, manager)
-      report(step + 1)
-      progress_line.update(step + 1)
-      if (step + 1) % config.log_every == 0 or step + 1 == stop:
-        writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
-      if (step + 1) % config.eval_every == 0 or step + 1 == stop:
-        grid = image_grid(state, grid_images, jax.random.PRNGKey(config.seed + 1))
-        writer.write_images(step + 1, {"train/grid": grid[None, :, :, None]})
-        if jax.process_index() == 0:
-          image_io.save_grey(grid, os.path.join(workdir, "images", f"grid_{step + 1:07d}.png"))
-      _save(
-        manager,
-        step + 1,
-        state,
-        train_iter.get_state(),
-        force=step + 1 in (config.phase1_steps, stop),
-      )
-      if should_stop(step + 1):
-        _save(manager, step + 1, state, train_iter.get_state(), force=True)
-        checkpointing.close([manager], writer)
-        raise preemption.Preempted(step + 1, should_stop.signum)
-  checkpointing.close([manager], writer)
+
+  def step(index: int, state: TrainState, batch: dict):
+    first.setdefault("image", batch["image"])
+    phase = 1 if index < config.phase1_steps else 2
+    return steps[phase](state, batch, jax.random.fold_in(state.rng, index))
+
+  def show_grid(done: int, state: TrainState) -> None:
+    grid = image_grid(state, first["image"], jax.random.PRNGKey(config.seed + 1))
+    writer.write_images(done, {"train/grid": grid[None, :, :, None]})
+    if jax.process_index() == 0:
+      image_io.save_grey(grid, os.path.join(workdir, "images", f"grid_{done:07d}.png"))
+
+  def save(done: int, state: TrainState, force: bool) -> None:
+    force = force or done in (config.phase1_steps, stop)
+    _save(manager, done, state, train_iter.get_state(), force=force)
+
+  state = training_loop.run(
+    state,
+    name="stage 1",
+    start=start,
+    stop=stop,
+    total=total_steps,
+    batch_size=config.data.batch_size,
+    batches=({k: batch[k] for k in keys} for batch in train_iter),
+    step=step,
+    evaluate=show_grid,
+    save=save,
+    managers=[manager],
+    writer=writer,
+    log_every=config.log_every,
+    eval_every=config.eval_every,
+  )
   if stop == total_steps:
     gen_params = {"gen_s": state.gen_s.params, "gen_t": state.gen_t.params}
     run_evaluation(config, static, gen_params, mesh, workdir, writer, total_steps)
@@ -478,7 +477,7 @@ def run_evaluation(config, static, gen_params, mesh, workdir, writer, step) -> d
   writer.write_scalars(step, flat)
   writer.flush()
   if jax.process_index() == 0:
-    path = write_table1(table, workdir)
+    path = tables.write_table1(table, workdir)
     for name, v in table.items():
       logging.info(
         "Table 1 %-8s PSNR %.3f dB  SSIM %.4f  (%d images)", name, v["psnr"], v["ssim"], v["count"]

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alenn_jax import train_classifier as tc
+from alenn_jax.classification import classifier_setup, train_classifier
 from benchmarks.common import machine_description
 from benchmarks.stage1_bench import matmul_flops_per_second, step_flops
 from configs import stage2
@@ -46,8 +46,8 @@ def main():
     config = stage2.get_config(f"{args.size},backbone={backbone}")
     config.model.half_precision = args.half_precision
     size = config.data.image_size
-    static = tc.ClassifierSetup.from_config(config)
-    state = tc.create_train_state(config, static, jax.random.PRNGKey(0), size)
+    static = classifier_setup.ClassifierSetup.from_config(config)
+    state = train_classifier.create_train_state(config, static, jax.random.PRNGKey(0), size)
     rng = np.random.default_rng(0)
     batch = {
       "image": jnp.asarray(rng.uniform(-1, 1, (args.batch, size, size, 1)), jnp.float32),
@@ -55,7 +55,7 @@ def main():
       "weight": jnp.ones((args.batch,), jnp.float32),
     }
     t0 = time.perf_counter()
-    fn = jax.jit(functools.partial(tc.train_step, static=static), donate_argnums=(0,))
+    fn = jax.jit(functools.partial(train_classifier.train_step, static=static), donate_argnums=(0,))
     compiled = fn.lower(state, batch, jax.random.PRNGKey(1)).compile()
     compile_s = time.perf_counter() - t0
     flops = step_flops(compiled)

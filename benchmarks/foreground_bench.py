@@ -15,7 +15,8 @@ import argparse
 
 import numpy as np
 
-from alenn_jax import checkpointing, foreground, le_maps, report, sharding
+from alenn_jax import checkpointing, foreground, le_maps, sharding
+from alenn_jax.reporting import lesion_scores, localization_report
 from benchmarks.common import machine_description
 
 
@@ -36,7 +37,7 @@ def main():
   args = parser.parse_args()
   config = checkpointing.read_stored_config(args.workdir, "localize", "the localize run")
   mesh = sharding.make_mesh()
-  examples = report._collect(config, mesh, args.split)
+  examples = localization_report.collect(config, mesh, args.split)
   maps = le_maps.read_difference_maps(args.workdir, args.split)
   lesion = np.concatenate([ex["lesion"].ravel() > 0 for ex in examples if ex["label"] == 1])
   print(machine_description())
@@ -48,9 +49,9 @@ def main():
     masked, bodies = _masked(examples, maps, erode)
     for ex in examples:  # As the report scores them: every map on the body's pixels only.
       ex["scored"] = None if erode is None else bodies[ex["id"]]
-    refs = report._reference_maps(examples, masked, seed=0)
-    rows = report.score_maps(examples, refs, 1.0, config.report.tolerance)  # No LE printed.
-    share = report.foreground_share(examples, bodies, args.split)
+    refs = lesion_scores.reference_maps(examples, masked, seed=0)
+    rows = lesion_scores.score_maps(examples, refs, 1.0, config.report.tolerance)  # No LE printed.
+    share = lesion_scores.foreground_share(examples, bodies, args.split)
     image_kept, lesion_kept = float(share["image_kept"]), float(share["lesion_kept"])
     for row in rows:
       name = row["method"] + ("" if erode is None else ", body")

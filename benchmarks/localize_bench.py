@@ -30,9 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alenn_jax import checkpointing, localize, report, rtv
+from alenn_jax import checkpointing, metrics, rtv
 from alenn_jax import masks as masks_lib
 from alenn_jax.datasets.phantoms import render
+from alenn_jax.localization import difference
 from alenn_jax.models import inpainting
 from benchmarks.common import machine_description
 from configs import stage1
@@ -107,7 +108,7 @@ def score_args(score: str, window: int, stride: int) -> dict:
 
 def context_side(context: int, window: int, model) -> int:
   """`--context`, or (0) the localize job's default for `window` and the generator `model`."""
-  return context or localize.default_context(window, model)
+  return context or difference.default_context(window, model)
 
 
 def run_case(gen, size: int, count: int, chunk: int, repeats: int, score: str, context: int):
@@ -117,12 +118,12 @@ def run_case(gen, size: int, count: int, chunk: int, repeats: int, score: str, c
   scoring = score_args(score, window, stride)
   images, lesions = phantoms(size, count)
   structure = jax.jit(lambda x: rtv.structure_of(x, rtv_params))(images)
-  inpaint = localize.stage1_inpaint_fn(gen_s, gen_t)
+  inpaint = difference.stage1_inpaint_fn(gen_s, gen_t)
   flops_at = {}
   out = {}
   for method in METHODS:
     fn = jax.jit(
-      lambda p, i, s, method=method: localize.difference_map(
+      lambda p, i, s, method=method: difference.difference_map(
         p,
         i,
         s,
@@ -150,7 +151,7 @@ def run_case(gen, size: int, count: int, chunk: int, repeats: int, score: str, c
       "seconds": seconds,
       "gflops": n * flops_at[side] / 1e9,
       "d": d,
-      "auroc": report.auroc(d.ravel(), lesions.ravel() > 0),
+      "auroc": metrics.auc(lesions.ravel() > 0, d.ravel(), absent=float("nan")),
     }
   return out
 

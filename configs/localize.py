@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # fills them with the image reflected about its own edges, so a window at an edge that meets a
   # bar (inside the canvas, where `pad` does not reach) also has context on every side; "zero"
   # leaves them black, as stage 1 and the classifiers see them. Square images are the same either
-  # way. On FracAtlas hand: pixel AUROC 0.828 -> 0.844 on test (BENCHMARKS.md).
+  # way.
   config.letterbox = "reflect"
   # Each window scores |r - m| instead of the plain |r| = |I - I_k|, m the local mean of r inside
   # the hole (a Gaussian of sigma `highpass` px): a repainting that gets a region's brightness
@@ -57,28 +57,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.highpass = -1.0
   # Then a pixel of the hole keeps only what no repainted pixel up to `shift` px away along its
   # row or column matches: an edge repainted a pixel off is not a lesion, a dark line across a
-  # bone still is. -1: window / 16, at least 1 (on the phantoms' `test` split pointing game
-  # 0.609 -> 0.703, pixel AUPRC 0.463 -> 0.520); 0: off (as the text); at most (window - 1) // 2.
-  # Real radiographs want more: on FracAtlas hand pixel AUROC rose with every pixel up to 7.
+  # bone still is. -1: window / 16, at least 1; 0: off (as the text); at most (window - 1) // 2.
   config.shift = -1
   # D is then blurred with a Gaussian of sigma `smooth` px. -1: window / 16; 0: off (as the text).
-  # The -1s were chosen on the phantoms' validation split (BENCHMARKS.md).
+  # The -1s were chosen on the phantoms' validation split; what each does: BENCHMARKS.md.
   config.smooth = -1.0
-  # Optionally D is then divided by what normal anatomy of the same appearance also fails to
-  # repaint (alenn_jax/normal_error.py): the `patch` x `patch` neighbourhoods of `pixels` pixels of
-  # the first `images` training normals are clustered into `codes` classes (k-means, `iterations`
-  # steps), each keeping its mean D, E; every pixel's D becomes D / (E + floor * the normals' mean
-  # D), E that of the class nearest to its own neighbourhood. patch 0: off (the default); 9 turns
-  # it on (`make demo` does). On the phantoms it lifts the `test` pointing game 0.703 -> 0.766 (the
-  # forearm gap every normal shows stops outranking lesions); on FracAtlas hand it lowers the pixel
-  # AUROC (`validation` 0.886 -> 0.844), so real radiographs keep it off (BENCHMARKS.md).
-  config.normal_error = ml_collections.ConfigDict()
-  config.normal_error.patch = 0
-  config.normal_error.codes = 1024
-  config.normal_error.pixels = 32768
-  config.normal_error.images = 64
-  config.normal_error.iterations = 10
-  config.normal_error.floor = 2.0
+  config.normal_error = _normal_error_config()
   # What D is kept on: "body" keeps the patient's body, found in each image itself (brighter than
   # the air around it; markers, labels and bright bands along the film's edge dropped:
   # alenn_jax/foreground.py), and D is zero elsewhere, so rulers, side markers and collimation
@@ -99,4 +83,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.chunk = 4
     config.batches_per_shard = 1
     config.report.num_examples = 2
+  return config
+
+
+def _normal_error_config() -> ml_collections.ConfigDict:
+  """Optionally D is then divided by what normal anatomy of the same appearance also fails to
+  repaint (alenn_jax/normal_error.py): the `patch` x `patch` neighbourhoods of `pixels` pixels of
+  the first `images` training normals are clustered into `codes` classes (k-means, `iterations`
+  steps), each keeping its mean D, E; every pixel's D becomes D / (E + floor * the normals' mean
+  D), E that of the class nearest to its own neighbourhood. patch 0: off (the default); 9 turns it
+  on (`make demo` does). It helps on the phantoms and not on FracAtlas hand, so real radiographs
+  keep it off (BENCHMARKS.md, "What normals of the same appearance also fail to repaint")."""
+  config = ml_collections.ConfigDict()
+  config.patch = 0
+  config.codes = 1024
+  config.pixels = 32768
+  config.images = 64
+  config.iterations = 10
+  config.floor = 2.0
   return config

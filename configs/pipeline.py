@@ -70,58 +70,61 @@ def _build(size: str) -> ml_collections.ConfigDict:
   config.data.image_size = config.stage1.data.image_size
   config.data.eval_split = config.stage1.data.eval_split
   if size == "small":
-    # Overlapping windows (stride < window, as in the paper), repainted a group of windows 16 px
-    # apart per pass: 16 passes per 64-px image, as many as non-overlapping windows one by one.
-    # Stage 1 is trained on that grid (masks.weights[3]); BENCHMARKS.md has the measurements.
-    config.localize.method = "multi_window"
-    config.localize.window = config.stage1.masks.window
-    config.localize.stride = config.localize.window // 2
-    config.localize.gap = config.localize.window
-    config.stage1.masks.weights = (0.2, 0.2, 0.2, 0.4)
-    for b in BACKBONES:
-      config.stage2[b].num_train_steps = 300
-  if size == "small" and not phantoms128:
-    # Sized so the whole pipeline takes about 15 minutes on a 2-core CPU. Reflection padding (the
-    # default) moved the pointing game from 0.35 to 0.44 (two seeds) at 500 steps, but costs 1.3x
-    # per generator pass here (about 2.5 minutes more in all); at 400 steps, to stay in time, it
-    # scored pointing 0.36 and AUROC 0.86, no better than zero padding (BENCHMARKS.md).
+    _small(config, cpu_demo=not phantoms128)
+  if real:
+    _real(config)
+  if phantoms128:
+    _phantoms128(config)
+  return config
+
+
+def _small(config, cpu_demo: bool) -> None:
+  """The CPU recipe: overlapping windows (stride < window, as the paper's text has it) repainted a
+  group 16 px apart per pass (16 passes per 64-px image, as many as non-overlapping windows one by
+  one), stage 1 trained on that grid (masks.weights[3]); sized to take about 15 minutes on a
+  2-core CPU (BENCHMARKS.md, "The whole pipeline")."""
+  config.localize.method = "multi_window"
+  config.localize.window = config.stage1.masks.window
+  config.localize.stride = config.localize.window // 2
+  config.localize.gap = config.localize.window
+  config.stage1.masks.weights = (0.2, 0.2, 0.2, 0.4)
+  for b in BACKBONES:
+    config.stage2[b].num_train_steps = 300
+  if cpu_demo:
+    # Zero padding and 500 steps: reflection costs 1.3x per generator pass on a CPU, and fewer
+    # reflected steps to stay in time scored no better (BENCHMARKS.md, "LE-map levers").
     config.stage1.model.padding = "zero"
     config.stage1.phase1_steps = 200
     config.stage1.phase2_steps = 300
     config.stage1.eval_every = 250
     config.stage1.checkpoint_every = 100
-  if real:
-    # Real radiographs on a CPU (give data.name and data.manual_dir): the `small` recipe, with D
-    # kept to each image's body (rulers, side markers, labels, film-edge bands and air hold no
-    # maximum and set no LE scale; every map is then scored on the body's pixels only), 32-px
-    # windows (stride 16, gap 32: as many passes per image as the demo's 16-px ones) and the
-    # repainting's slack at its most for them (15 px). On FracAtlas hand's `validation` split
-    # the largest slack was the best of those tried for 16-px windows (0, 1, 3, 7) and for 32-px
-    # ones (7, 15), and 32-px windows above 16-px ones (BENCHMARKS.md).
-    window = 32
-    config.stage1.masks.window = config.stage1.eval.window = window
-    config.localize.window = window
-    config.localize.stride = window // 2
-    config.localize.gap = window
-    config.localize.foreground = "body"
-    config.localize.shift = (window - 1) // 2
-  if phantoms128:
-    # The phantoms at 128 px, where a fracture line is two pixels wide instead of one: the same
-    # 16-px windows, reflection padding and 3.5x the demo's steps. On one H100 this stage 1 took
-    # 2.5 minutes and the maps half a minute; on `test` the pointing game was 0.703 (two seeds)
-    # against the CPU demo's 0.609 (BENCHMARKS.md). The maps alone would cost 3.2x the demo's
-    # on a 2-core CPU.
-    config.data.image_size = config.stage1.data.image_size = 128
-    config.stage1.phase1_steps = 700
-    config.stage1.phase2_steps = 1050
-    config.stage1.checkpoint_every = 250
-    # The window's high-pass and blur scaled with the image, not the window: at 128 px a
-    # sclerotic focus fills much of a 16-px window, and window / 8 and / 16 (2 and 1 px) took
-    # much of it for a wrong brightness (pixel AUPRC 0.440 against 0.526 on `test`).
-    config.localize.highpass = 4.0
-    config.localize.smooth = 2.0
-    # And the repainting's slack at twice the 64-px value, as the high-pass and blur are doubled:
-    # on a 128-px generator 2, 3 and 4 px scored within one image of each other on `validation`
-    # (pixel AUPRC 0.557-0.569), all above 1 px (0.527; BENCHMARKS.md).
-    config.localize.shift = 2
-  return config
+
+
+def _real(config) -> None:
+  """Real radiographs on a CPU (give data.name and data.manual_dir): D kept to each image's body
+  (rulers, side markers, labels, film-edge bands and air hold no maximum and set no LE scale;
+  every map is then scored on the body's pixels only), 32-px windows (stride 16, gap 32: as many
+  passes per image as the demo's 16-px ones) and the repainting's slack at its most for them. All
+  three were chosen on FracAtlas hand's `validation` split (BENCHMARKS.md, "FracAtlas hand against
+  the image itself")."""
+  window = 32
+  config.stage1.masks.window = config.stage1.eval.window = window
+  config.localize.window = window
+  config.localize.stride = window // 2
+  config.localize.gap = window
+  config.localize.foreground = "body"
+  config.localize.shift = (window - 1) // 2
+
+
+def _phantoms128(config) -> None:
+  """The phantoms at 128 px, where a fracture line is two pixels wide instead of one: the same
+  16-px windows, reflection padding and 3.5x the demo's steps, for one GPU; the high-pass, blur
+  and slack scaled with the image, not the window (chosen on `validation`; BENCHMARKS.md, "128 px
+  on one H100")."""
+  config.data.image_size = config.stage1.data.image_size = 128
+  config.stage1.phase1_steps = 700
+  config.stage1.phase2_steps = 1050
+  config.stage1.checkpoint_every = 250
+  config.localize.highpass = 4.0
+  config.localize.smooth = 2.0
+  config.localize.shift = 2

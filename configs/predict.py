@@ -4,7 +4,7 @@
       --config.from_workdir=W --config.images=/path/to/folder     # or a glob, or a list file
 
 W is a pipeline workdir (or a single localize or classifier workdir); everything else comes from
-the configs stored there. See alenn_jax/predict.py for what OUT holds.
+the configs stored there. See alenn_jax/classification/predict.py for what OUT holds.
 """
 
 import ml_collections

@@ -70,9 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.name = "phantoms/px128"
     config.data.image_size = 64
     config.masks.window = 16
-    # The RTV solve was 0.19 s of a 0.54 s step here; computed once per image, the demo's stage 1
-    # took 4 min 33 s instead of 5 min 44 s to 6 min 08 s, its maps scoring as before
-    # (BENCHMARKS.md).
+    # RTV once per image instead of in every step: the demo's stage 1 about 1.3x faster, its maps
+    # scoring as before (BENCHMARKS.md, "The whole pipeline").
     config.structure = "per_image"
     config.phase1_steps = 1200
     config.phase2_steps = 1800

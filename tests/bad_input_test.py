@@ -10,8 +10,8 @@ import jax
 from absl.testing import absltest, parameterized
 
 from alenn_jax import checkpointing, input_pipeline, sharding
-from alenn_jax import train_classifier as tc
 from alenn_jax import train_inpainting as ti
+from alenn_jax.classification import classifier_setup, train_classifier
 from alenn_jax.errors import UserInputError
 from configs import stage1, stage2
 from tests import helpers
@@ -94,18 +94,18 @@ class TrainerErrorsTest(helpers.PhantomsTestCase):
   def test_image_too_small_for_a_backbone(self):
     config = stage2.get_config("full,backbone=inception_v3")
     config.data.image_size = 64
-    static = tc.ClassifierSetup.from_config(config)
+    static = classifier_setup.ClassifierSetup.from_config(config)
     with self.assertRaisesRegex(
       UserInputError, "image_size=64 is too small for backbone 'inception_v3'.*small_input=True"
     ):
-      tc.create_train_state(config, static, jax.random.PRNGKey(0), 64)
+      train_classifier.create_train_state(config, static, jax.random.PRNGKey(0), 64)
 
   def test_classifier_needs_both_classes(self):
     config = stage2.get_config("smoke,backbone=resnet50")
     config.data.data_dir = self.data_dir
     config.data.labels = (0,)
     with self.assertRaisesRegex(UserInputError, "0 abnormal images; a classifier needs both"):
-      tc.train_and_evaluate(config, os.path.join(self.tmp, "one_class"))
+      train_classifier.train_and_evaluate(config, os.path.join(self.tmp, "one_class"))
 
   def test_unknown_dataset_is_named(self):
     config = stage1.get_config("smoke").data
@@ -119,20 +119,20 @@ class TrainerErrorsTest(helpers.PhantomsTestCase):
     config = stage2.get_config("smoke,backbone=resnet50")
     config.data.data_dir = self.data_dir
     config.stop_at_step = 2
-    tc.train_and_evaluate(config, workdir)
+    train_classifier.train_and_evaluate(config, workdir)
     config.model.width = 1 / 8
     with self.assertRaisesRegex(
       UserInputError, r"config.model.width=0.125 differs from the run already in .*force_restart"
     ):
-      tc.train_and_evaluate(config, workdir)
+      train_classifier.train_and_evaluate(config, workdir)
     # Fields that keep shapes may change.
     config.model.width = 1 / 16
     config.num_train_steps = 3
     config.stop_at_step = 3
-    tc.train_and_evaluate(config, workdir)
+    train_classifier.train_and_evaluate(config, workdir)
     config.model.width = 1 / 8
     config.force_restart = True
-    tc.train_and_evaluate(config, workdir)
+    train_classifier.train_and_evaluate(config, workdir)
     moved = [n for n in os.listdir(workdir) if n.startswith("checkpoints.replaced-")]
     self.assertLen(moved, 1)
     self.assertIn("3", os.listdir(os.path.join(workdir, moved[0])))

@@ -150,8 +150,10 @@ class PipelineSizesTest(absltest.TestCase):
         )
       # Sizes and lengths are those of the preset it is built on.
       self.assertEqual(paper.data.image_size, base.data.image_size)
-      self.assertEqual((s1.phase1_steps, s1.model.to_dict()), (base.stage1.phase1_steps,
-                                                               base.stage1.model.to_dict()))
+      self.assertEqual(
+        (s1.phase1_steps, s1.model.to_dict()),
+        (base.stage1.phase1_steps, base.stage1.model.to_dict()),
+      )
       for b, c in paper.stage2.items():
         self.assertEqual(c.num_train_steps, base.stage2[b].num_train_steps)
         self.assertEqual(c.optimizer.learning_rate, base.stage2[b].optimizer.learning_rate)

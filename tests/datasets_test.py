@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from absl.testing import absltest
 from PIL import Image
 
-from alenn_jax import datasets, input_pipeline
+from alenn_jax import data_splits, datasets, input_pipeline
 from alenn_jax.datasets import common
 from alenn_jax.datasets.fracatlas import fracatlas
 from alenn_jax.errors import UserInputError
@@ -160,12 +160,12 @@ class MuraTest(absltest.TestCase):
     self.assertIn("train      left out: none of its listed images is present", summary)
     data = input_pipeline.data_config()
     data.name, data.data_dir = "mura/xr_elbow", self.data
-    self.assertEqual(input_pipeline.split_names(data), ["valid"])
+    self.assertEqual(data_splits.split_names(data), ["valid"])
     with self.assertRaisesRegex(
       UserInputError,
       "mura/xr_elbow has no split 'train' \\(none of its images were in .*it has valid",
     ):
-      input_pipeline.split_labels(data, "train")
+      data_splits.split_labels(data, "train")
 
   def test_no_image_present_at_all_is_one_error_naming_the_folder(self):
     make_mura(self.manual)

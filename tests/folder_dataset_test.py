@@ -9,7 +9,7 @@ import numpy as np
 from absl.testing import absltest
 from PIL import Image
 
-from alenn_jax import datasets, input_pipeline
+from alenn_jax import data_splits, datasets, input_pipeline
 from alenn_jax.datasets.folder import folder
 from alenn_jax.errors import UserInputError
 from tests import helpers
@@ -83,11 +83,9 @@ class FolderDatasetTest(absltest.TestCase):
     config = input_pipeline.data_config()
     config.name, config.manual_dir = "folder", self.root
     config.data_dir = os.path.join(self.tmp, "data")
-    self.assertEqual(
-      sorted(input_pipeline.split_names(config)), sorted(set(self.builder.info.splits))
-    )
+    self.assertEqual(sorted(data_splits.split_names(config)), sorted(set(self.builder.info.splits)))
     for split in self.builder.info.splits:  # A folder records no lesion kinds.
-      self.assertIsNone(input_pipeline.split_lesion_kinds(config, split))
+      self.assertIsNone(data_splits.split_lesion_kinds(config, split))
 
   def test_another_folder_under_the_same_tag_is_refused(self):
     other = os.path.join(self.tmp, "other")

@@ -80,6 +80,17 @@ def find_cycle(graph) -> list[str] | None:
   return None
 
 
+def reachable(graph, start: str) -> set[str]:
+  """Every module `start` imports, directly or through others."""
+  seen, todo = set(), [start]
+  while todo:
+    for target in graph[todo.pop()]:
+      if target not in seen:
+        seen.add(target)
+        todo.append(target)
+  return seen
+
+
 class ImportGraphTest(absltest.TestCase):
   def test_finds_a_cycle_through_three_modules(self):
     self.assertEqual(find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}), ["a", "b", "c", "a"])
@@ -93,11 +104,59 @@ class ImportGraphTest(absltest.TestCase):
   def test_leaf_modules_import_no_job(self):
     modules = package_modules()
     graph = import_graph(modules)
-    jobs = {f"{PACKAGE}.{m}" for m in ("localize", "report", "train_classifier", "pipeline")}
-    jobs |= {f"{PACKAGE}.train_inpainting"}
-    leaves = ("le_maps", "predictions", "metrics", "masks", "checkpointing", "image_io")
-    for leaf in (*leaves, "foreground", "image_priors"):
-      self.assertFalse(graph[f"{PACKAGE}.{leaf}"] & jobs, leaf)
+    jobs = {
+      f"{PACKAGE}.{m}"
+      for m in (
+        "localization.localize",
+        "classification.train_classifier",
+        "classification.predict",
+        "reporting.report_md",
+        "pipeline",
+        "train_inpainting",
+      )
+    }
+    self.assertLessEqual(jobs, set(modules))
+    leaves = (
+      "le_maps",
+      "predictions",
+      "metrics",
+      "stats",
+      "masks",
+      "checkpointing",
+      "image_io",
+      "foreground",
+      "image_priors",
+      "additions",
+      "paper_values",
+      "pipeline_fields",
+      "config_checks",
+      "data_splits",
+      "input_pipeline",
+      "training_loop",
+      "localization.difference",
+      "localization.map_settings",
+      "reporting.lesion_scores",
+      "reporting.figures",
+      "reporting.tables",
+      "classification.classifier_setup",
+      "classification.inference",
+    )
+    for leaf in leaves:
+      self.assertFalse(reachable(graph, f"{PACKAGE}.{leaf}") & jobs, leaf)
+
+  def test_each_stage_folder_keeps_its_pure_part_apart_from_its_job(self):
+    graph = import_graph(package_modules())
+    # Prediction and the trainer share inference; neither the reports nor prediction need the
+    # trainer, and the pure D needs nothing of the job that maps datasets with it.
+    for module, never in (
+      ("classification.predict", "classification.train_classifier"),
+      ("classification.inference", "classification.train_classifier"),
+      ("localization.difference", "localization.map_settings"),
+      ("localization.map_settings", "localization.localize"),
+      ("reporting.localization_report", "localization.localize"),
+      ("reporting.tables", "classification.train_classifier"),
+    ):
+      self.assertNotIn(f"{PACKAGE}.{never}", reachable(graph, f"{PACKAGE}.{module}"), module)
 
   def test_package_imports_are_at_module_top(self):
     modules = package_modules()

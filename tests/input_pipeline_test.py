@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
-from alenn_jax import datasets, input_pipeline, sharding
+from alenn_jax import data_splits, datasets, input_pipeline, sharding
 from alenn_jax.errors import UserInputError
 from tests import helpers
 
@@ -200,8 +200,8 @@ class PipelineTest(absltest.TestCase):
     np.testing.assert_array_equal(np.asarray(batch["valid_box"])[0], [0, 0, 48, 48])
 
   def test_lesion_kinds_of_every_example_where_the_data_records_them(self):
-    kinds = input_pipeline.split_lesion_kinds(self.config(), "test")
-    labels = input_pipeline.split_labels(self.config(), "test")
+    kinds = data_splits.split_lesion_kinds(self.config(), "test")
+    labels = data_splits.split_labels(self.config(), "test")
     self.assertEqual(set(kinds), set(labels))
     self.assertGreater(len(set(kinds.values())), 2)
     for example_id, kind in kinds.items():
@@ -209,11 +209,11 @@ class PipelineTest(absltest.TestCase):
       self.assertTrue(example_id.endswith("normal" if kind == "none" else kind), example_id)
 
   def test_a_held_out_fold_is_left_out_of_train_only(self):
-    folds = input_pipeline.split_folds(self.config(folds=3), "train")
+    folds = data_splits.split_folds(self.config(folds=3), "train")
     self.assertEqual(sorted(set(folds.values())), [0, 1, 2])
     for k in range(3):
       config = self.config(folds=3, holdout_fold=k)
-      train = input_pipeline.split_labels(config, "train")
+      train = data_splits.split_labels(config, "train")
       self.assertEqual(set(train), {i for i, f in folds.items() if f != k})
       seen = set()
       iterator = input_pipeline.train_iterator(config, self.mesh)
@@ -222,8 +222,8 @@ class PipelineTest(absltest.TestCase):
       self.assertEmpty({i for i in seen if folds[i] == k})
       # Other splits are whole; mapping one fold of a split (no fold held out) reads that fold.
       self.assertEqual(
-        input_pipeline.split_labels(config, "test"),
-        input_pipeline.split_labels(self.config(), "test"),
+        data_splits.split_labels(config, "test"),
+        data_splits.split_labels(self.config(), "test"),
       )
       mapped = [
         i
@@ -273,17 +273,17 @@ class SelectionSplitTest(absltest.TestCase):
 
   def test_selection_is_a_patient_disjoint_part_of_train(self):
     config = self.config()
-    self.assertEqual(input_pipeline.split_names(config), ["train", "selection", "valid"])
-    train = input_pipeline.split_labels(config, "train")
-    selection = input_pipeline.split_labels(config, "selection")
-    whole = input_pipeline.split_labels(self.config(paper_selection=True), "train")
+    self.assertEqual(data_splits.split_names(config), ["train", "selection", "valid"])
+    train = data_splits.split_labels(config, "train")
+    selection = data_splits.split_labels(config, "selection")
+    whole = data_splits.split_labels(self.config(paper_selection=True), "train")
     self.assertEqual(set(train) | set(selection), set(whole))
     patient = lambda i: i.split("/")[2]  # train/XR_ELBOW/patient00042/study1_positive/image1
     self.assertEmpty({patient(i) for i in train} & {patient(i) for i in selection})
     self.assertEqual(sorted(set(selection.values())), [0, 1])
     self.assertEqual(
       {patient(i) for i in selection},
-      {p for p in map(patient, whole) if input_pipeline.in_selection(p, 0.1)},
+      {p for p in map(patient, whole) if data_splits.in_selection(p, 0.1)},
     )
     # Batches read the carved rows only.
     mesh = sharding.make_mesh()
@@ -292,31 +292,27 @@ class SelectionSplitTest(absltest.TestCase):
 
   def test_eval_split_is_resolved_from_the_dataset(self):
     config = self.config()  # eval_split "validation", which MURA does not have.
-    self.assertEqual(input_pipeline.scored_split(config), "valid")
-    self.assertEqual(input_pipeline.resolve_eval_split(config), "selection")
+    self.assertEqual(data_splits.scored_split(config), "valid")
+    self.assertEqual(data_splits.resolve_eval_split(config), "selection")
     self.assertEqual(config.eval_split, "selection")
     # Asking to select on the scored split still selects on the carved one...
-    self.assertEqual(
-      input_pipeline.resolve_eval_split(self.config(eval_split="valid")), "selection"
-    )
+    self.assertEqual(data_splits.resolve_eval_split(self.config(eval_split="valid")), "selection")
     # ...unless the paper's protocol is asked for: nothing carved, selected on valid.
     paper = self.config(paper_selection=True)
-    self.assertEqual(input_pipeline.split_names(paper), ["train", "valid"])
-    self.assertEqual(input_pipeline.resolve_eval_split(paper), "valid")
+    self.assertEqual(data_splits.split_names(paper), ["train", "valid"])
+    self.assertEqual(data_splits.resolve_eval_split(paper), "valid")
 
   def test_a_carve_without_both_classes_is_refused(self):
     config = self.config(selection_fraction=0.01)
     with self.assertRaisesRegex(
       UserInputError, r"config.data.selection_fraction=0.01: .* 0 normal and 0 abnormal"
     ):
-      input_pipeline.resolve_eval_split(config)
+      data_splits.resolve_eval_split(config)
 
   def test_datasets_with_a_validation_split_carve_nothing(self):
-    self.assertFalse(
-      input_pipeline.carves_selection(self.config(), ["train", "validation", "test"])
-    )
-    self.assertTrue(input_pipeline.carves_selection(self.config(), ["train", "valid"]))
+    self.assertFalse(data_splits.carves_selection(self.config(), ["train", "validation", "test"]))
+    self.assertTrue(data_splits.carves_selection(self.config(), ["train", "valid"]))
     # A split of its own named as the selection split: nothing carved.
     val = self.config(eval_split="val")
-    self.assertFalse(input_pipeline.carves_selection(val, ["train", "val", "test"]))
-    self.assertTrue(input_pipeline.carves_selection(self.config(), ["train", "val", "test"]))
+    self.assertFalse(data_splits.carves_selection(val, ["train", "val", "test"]))
+    self.assertTrue(data_splits.carves_selection(self.config(), ["train", "val", "test"]))

@@ -14,20 +14,21 @@ from sklearn import metrics as skm
 
 from alenn_jax import (
   checkpointing,
+  data_splits,
   foreground,
-  input_pipeline,
   le_maps,
-  localize,
+  metrics,
   normal_error,
-  predict,
-  report,
   sharding,
 )
 from alenn_jax import masks as masks_lib
 from alenn_jax import train_inpainting as ti
+from alenn_jax.classification import predict
 from alenn_jax.datasets.phantoms import render
 from alenn_jax.errors import UserInputError
+from alenn_jax.localization import difference, localize, map_settings
 from alenn_jax.models import inpainting
+from alenn_jax.reporting import figures, lesion_scores, localization_report
 from configs import localize as localize_config
 from configs import stage1
 from tests import helpers
@@ -78,11 +79,11 @@ class DifferenceMapTest(parameterized.TestCase):
     rng = np.random.default_rng(0)
     cls.images = jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 1)), jnp.float32)
     cls.structure = jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 1)), jnp.float32)
-    cls.inpaint_fn = staticmethod(localize.stage1_inpaint_fn(cls.static.gen_s, cls.static.gen_t))
+    cls.inpaint_fn = staticmethod(difference.stage1_inpaint_fn(cls.static.gen_s, cls.static.gen_t))
 
   def run_map(self, chunk, window=8, stride=4, inpaint_fn=None):
     fn = jax.jit(
-      lambda p, i, s: localize.difference_map(
+      lambda p, i, s: difference.difference_map(
         p, i, s, inpaint_fn=inpaint_fn or self.inpaint_fn, window=window, stride=stride, chunk=chunk
       )
     )
@@ -101,7 +102,7 @@ class DifferenceMapTest(parameterized.TestCase):
 
   def run_method(self, images, structure, **kwargs):
     fn = jax.jit(
-      lambda p, i, s: localize.difference_map(p, i, s, inpaint_fn=self.inpaint_fn, **kwargs)
+      lambda p, i, s: difference.difference_map(p, i, s, inpaint_fn=self.inpaint_fn, **kwargs)
     )
     return np.asarray(fn(self.params, images, structure))
 
@@ -118,7 +119,7 @@ class DifferenceMapTest(parameterized.TestCase):
     constant = lambda p, images, s, m: masks_lib.composite(images, jnp.full_like(images, 0.3), m)
     kwargs = dict(inpaint_fn=constant, window=4, stride=2, chunk=3)
     fn = lambda method: np.asarray(
-      localize.difference_map(
+      difference.difference_map(
         self.params, self.images, self.structure, method=method, gap=2, **kwargs
       )
     )
@@ -192,13 +193,13 @@ class DifferenceMapTest(parameterized.TestCase):
     images = rng.uniform(-1, 1, (4, 12, 12, 1)).astype(np.float32)
     # Landscape, portrait, the whole square, and a thin one reflected many times over.
     boxes = np.array([[2, 0, 8, 12], [0, 3, 12, 5], [0, 0, 12, 12], [5, 4, 2, 3]], np.int32)
-    got = np.asarray(jax.jit(localize.reflect_into_letterbox)(images, boxes))
+    got = np.asarray(jax.jit(difference.reflect_into_letterbox)(images, boxes))
     for image, (top, left, h, w), filled in zip(images, boxes, got, strict=True):
       extent = image[top : top + h, left : left + w]
       widths = ((top, 12 - top - h), (left, 12 - left - w), (0, 0))
       np.testing.assert_array_equal(filled, np.pad(extent, widths, mode="reflect"))
     np.testing.assert_array_equal(got[2], images[2])  # A square image is left as it is.
-    one_row = np.asarray(localize.reflect_into_letterbox(images[:1], np.array([[6, 0, 1, 12]])))
+    one_row = np.asarray(difference.reflect_into_letterbox(images[:1], np.array([[6, 0, 1, 12]])))
     np.testing.assert_array_equal(one_row[0], np.broadcast_to(images[0, 6], (12, 12, 1)))
 
   def test_identity_inpainting_gives_zero(self):
@@ -221,7 +222,7 @@ class DifferenceMapTest(parameterized.TestCase):
     offset = lambda p, images, s, m: masks_lib.composite(images, images + 0.3, m)
     kwargs = dict(window=8, stride=4, chunk=4, inpaint_fn=offset)
     np.testing.assert_allclose(self.run_map(**kwargs), 0.15, atol=1e-6)
-    fn = jax.jit(lambda p, i, s: localize.difference_map(p, i, s, highpass=2.0, **kwargs))
+    fn = jax.jit(lambda p, i, s: difference.difference_map(p, i, s, highpass=2.0, **kwargs))
     np.testing.assert_allclose(fn(self.params, self.images, self.structure), 0.0, atol=1e-6)
 
   @parameterized.parameters("per_window", "multi_window")
@@ -255,7 +256,7 @@ class DifferenceMapTest(parameterized.TestCase):
     repainted[:, :, 7:] = 0.6
     mask = np.ones_like(image)
     mask[:, 4:12, 4:12] = 0.0
-    hole = lambda im, rep, shift: np.asarray(localize.hole_difference(im, rep, mask, 0.0, shift))
+    hole = lambda im, rep, shift: np.asarray(difference.hole_difference(im, rep, mask, 0.0, shift))
     np.testing.assert_allclose(hole(image, repainted, 0)[0, 4:12, 7, 0], 0.6)
     np.testing.assert_array_equal(hole(image, repainted, 1), 0.0)
     bone = np.full_like(image, 0.6)
@@ -286,31 +287,35 @@ class ScoresTest(absltest.TestCase):
     scores = rng.integers(0, 5, 300).astype(float)
     labels = rng.random(300) < 0.3
     self.assertAlmostEqual(
-      report.auroc(scores, labels), skm.roc_auc_score(labels, scores), places=10
+      metrics.auc(labels, scores, absent=float("nan")), skm.roc_auc_score(labels, scores), places=10
     )
-    self.assertTrue(np.isnan(report.auroc(scores, np.zeros(300, bool))))
+    self.assertTrue(np.isnan(metrics.auc(np.zeros(300, bool), scores, absent=float("nan"))))
 
   def test_pointing_game_tolerance(self):
     lesion = np.zeros((10, 10))
     lesion[5, 5] = 1
     score = np.zeros((10, 10))
     score[5, 7] = 1.0
-    self.assertFalse(report.pointing_hit(score, lesion, 1))
-    self.assertTrue(report.pointing_hit(score, lesion, 2))
+    self.assertFalse(lesion_scores.pointing_hit(score, lesion, 1))
+    self.assertTrue(lesion_scores.pointing_hit(score, lesion, 2))
 
   def test_figure3_marks_the_largest_difference_and_says_if_it_is_on_the_lesion(self):
     lesion = np.zeros((10, 10))
     lesion[5, 5] = 1
     near, far = np.zeros((10, 10)), np.zeros((10, 10))
     near[5, 7], far[1, 1] = 1.0, 1.0
-    self.assertEqual(report.overlay_title(near, lesion, 2), "overlay (+: largest D, on the lesion)")
-    self.assertEqual(report.overlay_title(far, lesion, 2), "overlay (+: largest D, off the lesion)")
-    self.assertEqual(report.overlay_title(far, lesion * 0, 2), "overlay (+: largest D)")
+    self.assertEqual(
+      figures.overlay_title(near, lesion, 2), "overlay (+: largest D, on the lesion)"
+    )
+    self.assertEqual(
+      figures.overlay_title(far, lesion, 2), "overlay (+: largest D, off the lesion)"
+    )
+    self.assertEqual(figures.overlay_title(far, lesion * 0, 2), "overlay (+: largest D)")
     examples = [
       {"id": i, "label": int(i == "a"), "image": far, "lesion": lesion * (i == "a")} for i in "an"
     ]
     path = os.path.join(self.create_tempdir().full_path, "fig3.png")
-    report.figure3(examples, {"a": near, "n": far}, 0.5, path, "abnormal and normal", 2)
+    figures.figure3(examples, {"a": near, "n": far}, 0.5, path, "abnormal and normal", 2)
     with open(path, "rb") as f:
       self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
@@ -320,10 +325,10 @@ class ScoresTest(absltest.TestCase):
     blurred = lesion * 0.6 + 0.1  # Lesion 0.7, background 0.1.
     examples = [{"id": "a", "label": 1, "lesion": lesion}]
     maps = {"ALENN": {"a": blurred}}
-    thresholds = report.dice_thresholds(examples, maps)
+    thresholds = lesion_scores.dice_thresholds(examples, maps)
     self.assertAlmostEqual(thresholds["ALENN"], 0.7)
     # A threshold chosen elsewhere that calls everything positive: Dice 2*4 / (64 + 4).
-    (row,) = report.score_maps(examples, maps, 1.0, 0, thresholds={"ALENN": 0.05})
+    (row,) = lesion_scores.score_maps(examples, maps, 1.0, 0, thresholds={"ALENN": 0.05})
     self.assertAlmostEqual(row["dice"], 8 / 68)
 
   def test_perfect_map_scores_one(self):
@@ -334,7 +339,7 @@ class ScoresTest(absltest.TestCase):
       {"id": "n", "label": 0, "lesion": np.zeros((8, 8))},
     ]
     maps = {"ALENN": {"a": lesion * 0.5, "n": np.zeros((8, 8))}}
-    (row,) = report.score_maps(examples, maps, scale=0.5, tolerance=0)
+    (row,) = lesion_scores.score_maps(examples, maps, scale=0.5, tolerance=0)
     self.assertEqual(row["pointing_game"], 1.0)
     self.assertEqual(row["pixel_auroc"], 1.0)
     self.assertEqual(row["pixel_auprc"], 1.0)
@@ -357,11 +362,11 @@ class ScoresTest(absltest.TestCase):
       {"id": "n", "label": 0, "lesion": np.zeros((8, 8))},
     ]
     maps = {"ALENN": {"a": d, "n": normal}}
-    (everywhere,) = report.score_maps(examples, maps, scale=0.6, tolerance=0)
+    (everywhere,) = lesion_scores.score_maps(examples, maps, scale=0.6, tolerance=0)
     self.assertEqual(everywhere["pointing_game"], 0.0)  # On the marker.
     for ex in examples:
       ex["scored"] = body
-    (on_body,) = report.score_maps(examples, maps, scale=0.6, tolerance=0)
+    (on_body,) = lesion_scores.score_maps(examples, maps, scale=0.6, tolerance=0)
     self.assertEqual(on_body["pointing_game"], 1.0)
     self.assertEqual(on_body["pixel_auroc"], 1.0)
     self.assertAlmostEqual(on_body["normal_le_p99"], 0.1 / 0.6, places=6)  # Not the marker.
@@ -369,7 +374,7 @@ class ScoresTest(absltest.TestCase):
     # the 4 lesion pixels above the 44 other scored ones.
     examples[0]["scored"] = body.copy()
     examples[0]["scored"][3, 3] = False
-    (missed,) = report.score_maps(examples, maps, scale=0.6, tolerance=0)
+    (missed,) = lesion_scores.score_maps(examples, maps, scale=0.6, tolerance=0)
     self.assertAlmostEqual(missed["pixel_auroc"], 3 * 44 / (4 * 44))
 
   def test_a_split_without_lesion_masks_is_not_scored_and_says_why(self):
@@ -387,9 +392,9 @@ class ScoresTest(absltest.TestCase):
     config = localize_config.get_config("smoke")
     config.data.name = "folder/no_masks"
     config.report.split = "test"
-    with mock.patch.object(report, "_collect", return_value=examples):
+    with mock.patch.object(localization_report, "collect", return_value=examples):
       with self.assertLogs(level="WARNING") as logs:
-        rows = report.localization_report(config, workdir, None, scale=1.0)
+        rows = localization_report.localization_report(config, workdir, None, scale=1.0)
     self.assertEqual(rows, [])
     self.assertLen(logs.output, 1)
     self.assertIn("localization not scored: no abnormal image of folder/no_masks", logs.output[0])
@@ -412,7 +417,7 @@ class ScoresTest(absltest.TestCase):
     ]
     maps = {"ALENN": {"f1": hit, "f2": miss, "l1": hit, "n1": miss}}
     kinds = {"f1": "fracture", "f2": "fracture", "l1": "lytic", "n1": "none"}
-    rows = report.kind_rows(examples, maps, 1.0, 0, kinds, thresholds={"ALENN": 0.3})
+    rows = lesion_scores.kind_rows(examples, maps, 1.0, 0, kinds, thresholds={"ALENN": 0.3})
     self.assertEqual(
       [(r["lesion_kind"], r["method"]) for r in rows], [("fracture", "ALENN"), ("lytic", "ALENN")]
     )
@@ -474,7 +479,7 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
       self.assertEqual(row["dice_threshold_split"], "validation")
 
     # The phantoms record each lesion's kind: the same scores per kind, which add up.
-    by_kind = read_csv_rows(os.path.join(report_dir, report.BY_KIND_CSV))
+    by_kind = read_csv_rows(os.path.join(report_dir, lesion_scores.BY_KIND_CSV))
     alenn = [r for r in by_kind if r["method"] == "ALENN"]
     self.assertLessEqual({r["lesion_kind"] for r in alenn}, set(render.LESION_KINDS))
     self.assertEqual(len(by_kind), len(rows) * len(alenn))
@@ -533,17 +538,17 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     config.normal_error.patch = 9
     calibrated_dir, raw_dir = (os.path.join(self.tmp, n) for n in ("calibrated", "raw"))
     localize.run(config, calibrated_dir)
-    path = localize.normal_error_path(calibrated_dir)
+    path = map_settings.normal_error_path(calibrated_dir)
     model = normal_error.load(path)
     self.assertEqual(model.codes.shape, (config.normal_error.codes, config.normal_error.patch**2))
     config.normal_error.patch = 0
     localize.run(config, raw_dir)
-    self.assertFalse(os.path.exists(localize.normal_error_path(raw_dir)))
+    self.assertFalse(os.path.exists(map_settings.normal_error_path(raw_dir)))
     # Off, it is not part of the maps' record: maps made before the field stay valid.
     self.assertNotIn("normal_error", checkpointing.read_stored_config(raw_dir, "localize", "x"))
     stored = checkpointing.read_stored_config(calibrated_dir, "localize", "localize run")
     mesh = sharding.make_mesh(jax.local_devices())
-    examples = report._collect(stored, mesh, "validation")
+    examples = localization_report.collect(stored, mesh, "validation")
     images = np.stack([ex["image"] for ex in examples])[..., None] * 2.0 - 1.0
     raw = le_maps.read_difference_maps(raw_dir, "validation")
     calibrated = le_maps.read_difference_maps(calibrated_dir, "validation")
@@ -583,7 +588,7 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     stored = checkpointing.read_stored_config(body_dir, "localize", "localize run")
     self.assertEqual(stored.foreground, "body")
     mesh = sharding.make_mesh(jax.local_devices())
-    examples = report._collect(stored, mesh, "validation")
+    examples = localization_report.collect(stored, mesh, "validation")
     maps = le_maps.read_difference_maps(body_dir, "validation")
     bodies = le_maps.read_foreground(body_dir, "validation")
     self.assertEqual(set(bodies), set(maps))
@@ -594,14 +599,14 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
       self.assertTrue(np.all(maps[ex["id"]][~want] == 0.0))
       self.assertTrue(np.any(maps[ex["id"]][want] > 0.0))
     # The LE scale: the percentile over the training normals' kept pixels only.
-    labels = input_pipeline.split_labels(stored.data, "train")
+    labels = data_splits.split_labels(stored.data, "train")
     train_maps = le_maps.read_difference_maps(body_dir, "train")
     train_bodies = le_maps.read_foreground(body_dir, "train")
     kept = [train_maps[k][train_bodies[k]] for k in train_maps if labels[k] == 0]
     self.assertAlmostEqual(
       le_maps.read_scale(body_dir), float(np.percentile(np.concatenate(kept), 99)), places=6
     )
-    share = read_csv_rows(os.path.join(body_dir, "report", report.FOREGROUND_CSV))
+    share = read_csv_rows(os.path.join(body_dir, "report", lesion_scores.FOREGROUND_CSV))
     self.assertEqual(share[0]["split"], "test")
     self.assertTrue(0.0 < float(share[0]["image_kept"]) <= 1.0)
     # predict keeps new pictures' maps to their bodies alike.
@@ -629,13 +634,13 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
     config = self.config()
     config.window, config.stride = 8, 4
-    self.assertEqual(localize.resolve(config, stage1_config).pad, 4)
+    self.assertEqual(map_settings.resolve(config, stage1_config).pad, 4)
     config.pad = 0
-    self.assertEqual(localize.resolve(config, stage1_config).pad, 0)
+    self.assertEqual(map_settings.resolve(config, stage1_config).pad, 0)
     factor = 2**stage1_config.model.depth
     config.pad = factor // 2 + 1
     with self.assertRaisesRegex(UserInputError, f"config.pad={factor // 2 + 1}: the reflected"):
-      localize.resolve(config, stage1_config)
+      map_settings.resolve(config, stage1_config)
 
   def test_context_defaults_to_the_window_plus_the_receptive_field_and_warns_below_it(self):
     stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
@@ -643,25 +648,25 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     config.method, config.window = "context", 8
     reach = inpainting.receptive_field(stage1_config.model)
     factor = 2**stage1_config.model.depth
-    enough = localize.resolve(config, stage1_config).context
+    enough = map_settings.resolve(config, stage1_config).context
     self.assertEqual(enough % factor, 0)
     self.assertBetween(enough, 8 + reach, 8 + reach + factor - 1)
     config.context = enough  # Enough: no warning.
     with self.assertNoLogs(level="WARNING"):
-      self.assertEqual(localize.resolve(config, stage1_config).context, enough)
+      self.assertEqual(map_settings.resolve(config, stage1_config).context, enough)
     config.context = 2 * factor + 8  # Valid, but it cuts into what the generator sees.
     with self.assertLogs(level="WARNING") as logs:
-      self.assertEqual(localize.resolve(config, stage1_config).context, 2 * factor + 8)
+      self.assertEqual(map_settings.resolve(config, stage1_config).context, 2 * factor + 8)
     self.assertIn("smaller than the window plus the stage 1 generator's receptive", logs.output[0])
     config.context = 9
     with self.assertRaisesRegex(UserInputError, f"config.context=9: .* 0 picks {enough}"):
-      localize.resolve(config, stage1_config)
+      map_settings.resolve(config, stage1_config)
 
   def test_map_step_fills_the_letterbox_of_a_batch_with_a_non_square_image_only(self):
     generator = checkpointing.load_generator(
       self.workdir, mesh=sharding.make_mesh(jax.devices()[:1])
     )
-    config = localize.resolve(self.config(), generator.config)
+    config = map_settings.resolve(self.config(), generator.config)
     zero_config = config.copy_and_resolve_references()
     zero_config.letterbox = "zero"
     step, zero_step = (localize.make_map_step(c, generator) for c in (config, zero_config))
@@ -671,7 +676,7 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     # Square images are mapped by the same program as without the fill: bit for bit.
     np.testing.assert_array_equal(np.asarray(step(generator.params, images, square)), want)
     boxes = np.array([[0, 0, 32, 32], [0, 6, 32, 20]], np.int32)
-    filled = np.asarray(localize.reflect_into_letterbox(images, boxes))
+    filled = np.asarray(difference.reflect_into_letterbox(images, boxes))
     got = np.asarray(step(generator.params, images, boxes))
     expected = np.asarray(zero_step(generator.params, filled, boxes))
     np.testing.assert_allclose(got, expected, atol=1e-6)
@@ -681,38 +686,38 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
   def test_letterbox_fill_defaults_to_reflect_and_an_unknown_one_is_refused(self):
     stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
     config = self.config()
-    self.assertEqual(localize.resolve(config, stage1_config).letterbox, "reflect")
+    self.assertEqual(map_settings.resolve(config, stage1_config).letterbox, "reflect")
     config.letterbox = "mirror"
     with self.assertRaisesRegex(UserInputError, "config.letterbox='mirror': use one of reflect"):
-      localize.resolve(config, stage1_config)
+      map_settings.resolve(config, stage1_config)
 
   def test_highpass_and_smooth_default_to_fractions_of_the_window(self):
     stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
     config = self.config()
     config.window = 8
-    resolved = localize.resolve(config, stage1_config)
+    resolved = map_settings.resolve(config, stage1_config)
     self.assertEqual((resolved.highpass, resolved.smooth), (1.0, 0.5))
     config.highpass, config.smooth = 0.0, 2.5
-    resolved = localize.resolve(config, stage1_config)
+    resolved = map_settings.resolve(config, stage1_config)
     self.assertEqual((resolved.highpass, resolved.smooth), (0.0, 2.5))
     config.smooth = -2.0
     with self.assertRaisesRegex(UserInputError, "config.smooth=-2.0: use a Gaussian sigma"):
-      localize.resolve(config, stage1_config)
+      map_settings.resolve(config, stage1_config)
 
   def test_shift_defaults_to_a_sixteenth_of_the_window_and_stays_inside_half_of_it(self):
     stage1_config = checkpointing.read_stored_config(self.workdir, "inpainting", "stage 1 run")
     config = self.config()
     for window, shift in ((4, 1), (8, 1), (16, 1), (32, 2)):
       config.window, config.stride = window, 0
-      self.assertEqual(localize.resolve(config, stage1_config).shift, shift)
+      self.assertEqual(map_settings.resolve(config, stage1_config).shift, shift)
     config.window, config.shift = 8, 3
-    self.assertEqual(localize.resolve(config, stage1_config).shift, 3)
+    self.assertEqual(map_settings.resolve(config, stage1_config).shift, 3)
     for bad in (4, -2):
       config.shift = bad
       with self.assertRaisesRegex(
         UserInputError, rf"config.shift={bad}: use a whole number of px in \[0, 3\]"
       ):
-        localize.resolve(config, stage1_config)
+        map_settings.resolve(config, stage1_config)
 
   @parameterized.parameters(
     ("patch", 4, "an odd number of px"),
@@ -731,7 +736,7 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
     with self.assertRaisesRegex(
       UserInputError, rf"config.normal_error.{field}={value}: use {message}"
     ):
-      localize.resolve(config, stage1_config)
+      map_settings.resolve(config, stage1_config)
 
   def test_stride_larger_than_the_window_is_refused(self):
     config = self.config()

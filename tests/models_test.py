@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from alenn_jax import models, train_classifier
+from alenn_jax import models
+from alenn_jax.classification import classifier_setup
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import inpainting, layers
 from configs import stage2
@@ -258,7 +259,7 @@ class TorchvisionParityTest(parameterized.TestCase):
     with tempfile.TemporaryDirectory() as tmp:
       config.model.pretrained = os.path.join(tmp, "weights.npz")
       model = models.classifier_from_config(config)
-      static = train_classifier.ClassifierSetup.from_config(config)
+      static = classifier_setup.ClassifierSetup.from_config(config)
       abstract = abstract_variables(model, side, static.in_channels)
       np.savez(
         config.model.pretrained,
@@ -270,7 +271,7 @@ class TorchvisionParityTest(parameterized.TestCase):
     grey = torchvision_parity.grey_batch(side)
     batch = {"image": jnp.asarray(grey[..., None] * 2.0 - 1.0)}
     # Op by op: at these sizes that is quicker than compiling the whole network.
-    logits = model.apply(variables, train_classifier.model_inputs(static, batch), train=False)
+    logits = model.apply(variables, classifier_setup.model_inputs(static, batch), train=False)
     with np.load(os.path.join(os.path.dirname(__file__), "data", torchvision_parity.FIXTURE)) as f:
       expected = f[f"{name}/logits"]
     np.testing.assert_allclose(

@@ -17,17 +17,18 @@ from PIL import Image
 from alenn_jax import (
   additions,
   checkpointing,
+  data_splits,
   datasets,
   input_pipeline,
   le_maps,
   pipeline,
   pipeline_fields,
-  predict,
   predictions,
   stats,
 )
-from alenn_jax import report as report_lib
+from alenn_jax.classification import image_lists, predict
 from alenn_jax.errors import UserInputError
+from alenn_jax.reporting import lesion_scores, tables
 from configs import pipeline as pipeline_config
 from configs import predict as predict_config
 from tests import helpers
@@ -71,14 +72,14 @@ class PipelineTest(absltest.TestCase):
       "table2.csv",
       "table2_le_effect.csv",
       "localization.csv",
-      report_lib.BY_KIND_CSV,
+      lesion_scores.BY_KIND_CSV,
       "fig3_normal.png",
       "fig3_abnormal.png",
       "fig4_roc.png",
     ):
       self.assertGreater(os.path.getsize(os.path.join(report, name)), 0, name)
     scored = ("table1.csv", "table2.csv", "table2_le_effect.csv", "localization.csv")
-    for name in (*scored, report_lib.BY_KIND_CSV):
+    for name in (*scored, lesion_scores.BY_KIND_CSV):
       with open(os.path.join(report, name)) as f:
         rows = list(csv.DictReader(f))
       self.assertNotEmpty(rows, name)
@@ -93,7 +94,7 @@ class PipelineTest(absltest.TestCase):
       rows = list(csv.DictReader(f))
     with open(os.path.join(report, "table2_le_effect.csv")) as f:
       effect = list(csv.DictReader(f))
-    self.assertEqual(list(effect[0]), list(report_lib.LE_EFFECT_COLUMNS))
+    self.assertEqual(list(effect[0]), list(tables.LE_EFFECT_COLUMNS))
     self.assertEqual(
       [(r["backbone"], r["metric"]) for r in effect if r["metric"] in ("accuracy", "auc")],
       [(b, m) for b in ("resnet50", "densenet121") for m in ("accuracy", "auc")],
@@ -123,8 +124,20 @@ class PipelineTest(absltest.TestCase):
       "fig4_roc.png",
       "| train |",
       "stage 2b: densenet121, fusion enhance",
+      # The smoke preset's additions, the paper's tables beside ours.
+      "- Method: the paper's text with these additions on: reflected border, letterbox fill, "
+      "highpass, shift, smooth, augmentation (",
+      "| normal | 34.7566 | 0.9708 |",
+      "**In the paper's convention.**",
+      "| VGG-19 | yes | 0.8559 | 0.8111 | 0.9319 | 0.8673 | 0.7113 |",
     ):
       self.assertIn(needle, text)
+    # Normal as positive: the same predictions, precision and recall of the other class.
+    with open(os.path.join(report, tables.TABLE2_NORMAL_CSV)) as f:
+      normal = list(csv.DictReader(f))
+    for a, b in zip(rows, normal, strict=True):
+      self.assertEqual((a["Accuracy"], a["Kappa"], a["AUC"]), (b["Accuracy"], b["Kappa"], b["AUC"]))
+      self.assertEqual(a["Specificity"], b["Recall"])
 
   def test_more_folds_than_normals_is_refused(self):
     config = smoke_config(self.data_dir)
@@ -134,8 +147,12 @@ class PipelineTest(absltest.TestCase):
 
   def test_a_field_the_pipeline_sets_is_refused_with_its_ruler(self):
     for path, value, pattern in (
-      ("stage1.data.name", "phantoms/px128", r"config.stage1.data.name='phantoms/px128': in a "
-       r"pipeline config config.data.name sets it; set config.data.name instead"),
+      (
+        "stage1.data.name",
+        "phantoms/px128",
+        r"config.stage1.data.name='phantoms/px128': in a "
+        r"pipeline config config.data.name sets it; set config.data.name instead",
+      ),
       ("stage2.resnet50.fusion", "enhance", r"config.fusions sets it"),
       ("localize.init_from", "/elsewhere", r"the pipeline's workdir \(W/stage1\) sets it; leave"),
     ):
@@ -229,7 +246,7 @@ class PipelineTest(absltest.TestCase):
     d1, d2 = (
       np.load(
         os.path.join(
-          out, "maps", predict.output_name(os.path.join(root, forms[k]), root) + "_d.npy"
+          out, "maps", image_lists.output_name(os.path.join(root, forms[k]), root) + "_d.npy"
         )
       )
       for k in ("dicom1", "dicom2")
@@ -432,7 +449,7 @@ class MuraPipelineTest(absltest.TestCase):
     data.name, data.data_dir, data.folds = "mura/xr_elbow", f"{tmp}/data", 2
     patient = lambda i: i.split("/")[2]
     for split in ("train", "selection", "valid"):
-      folds = input_pipeline.split_folds(data, split)
+      folds = data_splits.split_folds(data, split)
       by_patient = {}
       for i, k in folds.items():
         by_patient.setdefault(patient(i), set()).add(k)

@@ -12,11 +12,12 @@ import jax
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from alenn_jax import checkpointing, input_pipeline, localize, sharding
+from alenn_jax import checkpointing, input_pipeline, sharding
 from alenn_jax import fusion as fusion_lib
-from alenn_jax import train_classifier as tc
 from alenn_jax import train_inpainting as ti
+from alenn_jax.classification import classifier_setup, inference, train_classifier
 from alenn_jax.errors import UserInputError
+from alenn_jax.localization import localize
 from configs import localize as localize_config
 from configs import stage1, stage2
 from tests import helpers
@@ -42,20 +43,20 @@ class ClassifierTest(helpers.PhantomsTestCase):
 
   def test_train_step_compiles_once_and_learns(self):
     config = self.config(fusion="enhance")
-    static = tc.ClassifierSetup.from_config(config)
+    static = classifier_setup.ClassifierSetup.from_config(config)
     mesh = sharding.make_mesh()
     replicated = sharding.replicated(mesh)
     state = jax.device_put(
-      tc.create_train_state(config, static, jax.random.PRNGKey(0), 32), replicated
+      train_classifier.create_train_state(config, static, jax.random.PRNGKey(0), 32), replicated
     )
-    le = tc.load_le_maps(config, self.tmp, "train")
+    le = inference.load_le_maps(config, self.tmp, "train")
     batch = next(input_pipeline.train_iterator(config.data, mesh, le_maps=le))
     numeric = {k: batch[k] for k in input_pipeline.numeric_keys(batch)}
     self.assertEqual(numeric["le"].shape, (8, 32, 32, 1))
 
     @chex.assert_max_traces(n=1)
     def step(state, batch, rng):
-      return tc.train_step(state, batch, rng, static=static)
+      return train_classifier.train_step(state, batch, rng, static=static)
 
     chex.clear_trace_counter()
     step = jax.jit(step)
@@ -84,11 +85,15 @@ class ClassifierTest(helpers.PhantomsTestCase):
     for fusion in ("none", "enhance"):
       config = self.config(fusion=fusion)
       config.seed = len(programs)  # Another seed: another initial state, the same program.
-      static = tc.ClassifierSetup.from_config(config)
-      state = tc.create_train_state(config, static, jax.random.PRNGKey(config.seed), 32)
-      fed = tc.fused_batch(tc.make_fuse(static, mesh), batch)
-      np.testing.assert_allclose(fed["inputs"], tc.model_inputs(static, batch), atol=1e-6)
-      lowered = jax.jit(functools.partial(tc.train_step, static=static)).lower(
+      static = classifier_setup.ClassifierSetup.from_config(config)
+      state = train_classifier.create_train_state(
+        config, static, jax.random.PRNGKey(config.seed), 32
+      )
+      fed = inference.fused_batch(inference.make_fuse(static, mesh), batch)
+      np.testing.assert_allclose(
+        fed["inputs"], classifier_setup.model_inputs(static, batch), atol=1e-6
+      )
+      lowered = jax.jit(functools.partial(train_classifier.train_step, static=static)).lower(
         state, fed, jax.random.PRNGKey(0)
       )
       programs.append(lowered.as_text(debug_info=False))
@@ -98,7 +103,7 @@ class ClassifierTest(helpers.PhantomsTestCase):
   def test_smoke_trains_writes_table2_and_eval_reproduces_validation(self, fusion):
     config = self.config(fusion=fusion)
     workdir = os.path.join(self.tmp, f"run_{fusion}")
-    state = tc.train_and_evaluate(config, workdir)
+    state = train_classifier.train_and_evaluate(config, workdir)
     report = os.path.join(workdir, "report")
     for name in ("table2.csv", "fig4_roc.png", "metrics_test.json", "predictions_test.csv"):
       self.assertTrue(os.path.exists(os.path.join(report, name)), name)
@@ -117,7 +122,7 @@ class ClassifierTest(helpers.PhantomsTestCase):
     self.assertEqual(best.config.backbone, "resnet50")
     self.assertEqual(best.config.fusion, fusion)
     config.eval.split = "validation"
-    scores = tc.evaluate_checkpoint(config, workdir)
+    scores = train_classifier.evaluate_checkpoint(config, workdir)
     self.assertEqual(json.loads(json.dumps(scores)), best.metrics)
     with open(os.path.join(report, "metrics_validation.json")) as f:
       self.assertEqual(json.load(f)["step"], best.step)
@@ -127,7 +132,7 @@ class ClassifierTest(helpers.PhantomsTestCase):
     self.assertTrue(helpers.leaves_equal(latest.params, state.params))
     self.assertTrue(helpers.leaves_equal(latest.batch_stats, state.batch_stats))
     # Its probabilities are the evaluation's.
-    maps = tc.load_le_maps(config, workdir, "validation")
+    maps = inference.load_le_maps(config, workdir, "validation")
     batch = next(
       iter(
         input_pipeline.eval_iterator(
@@ -139,7 +144,9 @@ class ClassifierTest(helpers.PhantomsTestCase):
     np.testing.assert_allclose(
       np.asarray(best.probabilities(inputs)),
       np.asarray(
-        tc.eval_step(tc.ClassifierSetup.from_config(config), best.params, best.batch_stats, batch)
+        inference.eval_step(
+          classifier_setup.ClassifierSetup.from_config(config), best.params, best.batch_stats, batch
+        )
       ),
       atol=1e-6,
     )
@@ -148,13 +155,13 @@ class ClassifierTest(helpers.PhantomsTestCase):
 
   def test_resumed_run_ends_with_the_same_params(self):
     config = self.config()
-    whole = tc.train_and_evaluate(config, os.path.join(self.tmp, "whole"))
+    whole = train_classifier.train_and_evaluate(config, os.path.join(self.tmp, "whole"))
     config.stop_at_step = 2
     split_dir = os.path.join(self.tmp, "split")
-    tc.train_and_evaluate(config, split_dir)
+    train_classifier.train_and_evaluate(config, split_dir)
     self.assertFalse(os.path.exists(os.path.join(split_dir, "report", "table2.csv")))
     config.stop_at_step = -1
-    resumed = tc.train_and_evaluate(config, split_dir)
+    resumed = train_classifier.train_and_evaluate(config, split_dir)
     self.assertTrue(helpers.leaves_equal(whole.params, resumed.params))
     self.assertTrue(helpers.leaves_equal(whole.batch_stats, resumed.batch_stats))
 
@@ -165,12 +172,12 @@ class ClassifierTest(helpers.PhantomsTestCase):
     config = self.config(fusion="enhance")
     config.le_workdir = partial
     with self.assertRaisesRegex(UserInputError, f"no LE map for example 'train/.*{partial}"):
-      tc.train_and_evaluate(config, os.path.join(self.tmp, "never"))
+      train_classifier.train_and_evaluate(config, os.path.join(self.tmp, "never"))
 
   def test_eval_without_checkpoints_is_a_clear_error(self):
     empty = os.path.join(self.tmp, "empty")
     with self.assertRaisesRegex(UserInputError, f"{empty} holds no classifier run"):
-      tc.evaluate_checkpoint(self.config(), empty)
+      train_classifier.evaluate_checkpoint(self.config(), empty)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,13 @@ from alenn_jax.models.inception import InceptionV3
 from alenn_jax.models.resnet import ResNet
 from alenn_jax.models.vgg import VGG
 
+# How reports name the backbones, in the paper's Table 2 order.
+BACKBONE_NAMES = {
+  "vgg19": "VGG-19",
+  "resnet50": "ResNet-50",
+  "densenet121": "DenseNet-121",
+  "inception_v3": "Inception-v3",
+}
 BACKBONES = {
   "vgg19": VGG,
   "resnet50": ResNet,

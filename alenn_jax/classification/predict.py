@@ -48,78 +48,20 @@ from alenn_jax import (
   image_io,
   input_pipeline,
   le_maps,
-  localize,
   normal_error,
   sharding,
-  train_classifier,
 )
+from alenn_jax.classification import classifier_setup, image_lists, inference
 from alenn_jax.datasets import common
-from alenn_jax.datasets.folder import folder
 from alenn_jax.errors import UserInputError
+from alenn_jax.localization import localize, map_settings
 from alenn_jax.progress import format_seconds
 
 PREDICTIONS = "predictions.csv"
 SKIPPED = "skipped.csv"
 MAPS = "maps"
 PARTS = ".parts"
-LIST_SUFFIXES = (".txt", ".csv")
 LE_AREA_THRESHOLD = 0.5
-
-
-# ----------------------------------------------------------------------------------------------
-# Which images.
-
-
-def find_images(spec: str) -> tuple[list[str], str]:
-  """(absolute image paths, sorted; the folder their output names are relative to) of a folder
-  (recursive), a glob, or a .txt/.csv list of paths (relative ones taken from the list's folder).
-  """
-  if not spec:
-    raise UserInputError("config.images is empty; give a folder, a glob or a list of paths.")
-  spec = os.path.expanduser(spec)
-  if os.path.isdir(spec):
-    root = os.path.abspath(spec)
-    paths = folder.find_image_files(root)
-    what = f"folder {spec} (PNG, JPEG or DICOM, at any depth)"
-  elif os.path.isfile(spec) and spec.lower().endswith(LIST_SUFFIXES):
-    paths = _read_list(spec)
-    root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
-    what = f"list {spec}"
-  elif os.path.isfile(spec):
-    paths, root = [os.path.abspath(spec)], os.path.dirname(os.path.abspath(spec))
-    what = spec
-  else:
-    paths = [os.path.abspath(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
-    prefix = spec.split("*")[0].split("?")[0].split("[")[0]
-    root = os.path.abspath(prefix if prefix.endswith(os.sep) else os.path.dirname(prefix) or ".")
-    what = f"glob {spec!r}" if any(c in spec for c in "*?[") else f"{spec} (no such file)"
-  if not paths:
-    raise UserInputError(f"config.images: {what} matches no image.")
-  return sorted(set(paths)), root
-
-
-def _read_list(path: str) -> list[str]:
-  """Paths listed one per line (.txt) or in a `path` column (else the first column) of a CSV."""
-  base = os.path.dirname(os.path.abspath(path))
-  with open(path, newline="") as f:
-    if path.lower().endswith(".csv"):
-      rows = list(csv.reader(f))
-      column = rows[0].index("path") if rows and "path" in rows[0] else None
-      if column is not None:
-        rows = rows[1:]
-      names = [r[column or 0] for r in rows if r and r[column or 0].strip()]
-    else:
-      names = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-  return [os.path.normpath(os.path.join(base, os.path.expanduser(n))) for n in names]
-
-
-def output_name(path: str, root: str) -> str:
-  """A file-name-safe name unique among the images: the path below `root`, '/' -> '__' and the
-  suffix kept as '_png' ('p7/a.dcm' -> 'p7__a_dcm')."""
-  rel = os.path.relpath(path, root) if root else os.path.basename(path)
-  stem, suffix = os.path.splitext(rel)
-  name = stem.replace(os.sep, "__").replace("/", "__")
-  return name + (f"_{suffix[1:].lower()}" if suffix else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,7 +126,7 @@ def find_runs(workdir: str) -> tuple[str | None, list[str]]:
     return workdir, []
   if os.path.exists(checkpointing.config_path(workdir, "classifier")):
     config = checkpointing.read_stored_config(workdir, "classifier", "classifier run")
-    loc = train_classifier.le_source(config, workdir) if config.fusion != "none" else None
+    loc = inference.le_source(config, workdir) if config.fusion != "none" else None
     return loc, [workdir]
   raise UserInputError(
     f"{workdir} holds no trained pipeline, localize or classifier run (no config.json, "
@@ -212,14 +154,14 @@ def load_models(from_workdir: str, mesh) -> Models:
   for directory in classifier_dirs:
     config = checkpointing.read_stored_config(directory, "classifier", "classifier run")
     if config.fusion != "none" and os.path.abspath(
-      train_classifier.le_source(config, directory)
+      inference.le_source(config, directory)
     ) != os.path.abspath(loc or ""):
       raise UserInputError(
         f"the classifier in {directory} fuses LE maps from "
-        f"{train_classifier.le_source(config, directory)}, not {loc}; predict with one of them."
+        f"{inference.le_source(config, directory)}, not {loc}; predict with one of them."
       )
     trained = checkpointing.load_classifier(directory, "best", mesh)
-    setup = train_classifier.ClassifierSetup.from_config(config)
+    setup = classifier_setup.ClassifierSetup.from_config(config)
     name = f"{config.backbone}_{config.fusion}"
     base = os.path.basename(os.path.normpath(directory))  # A pipeline's <name>_seed<k> runs.
     classifiers.append(
@@ -227,7 +169,7 @@ def load_models(from_workdir: str, mesh) -> Models:
         column=f"p_abnormal_{base if base.startswith(name) else name}",
         config=config,
         trained=trained,
-        predict_step=train_classifier.make_predict_step(setup, mesh),
+        predict_step=inference.make_predict_step(setup, mesh),
       )
     )
   data = (localize_config or classifiers[0].config).data
@@ -240,7 +182,7 @@ def _normal_error_model(loc: str, localize_config: ml_collections.ConfigDict):
   ne = localize_config.get("normal_error")
   if ne is None or not ne.patch:
     return None
-  path = localize.normal_error_path(loc, 0 if localize_config.get("folds", 1) > 1 else None)
+  path = map_settings.normal_error_path(loc, 0 if localize_config.get("folds", 1) > 1 else None)
   if not os.path.exists(path):
     raise UserInputError(
       f"the LE maps in {loc} were divided by a normal-error model ({path}), which is gone; make "
@@ -361,7 +303,9 @@ class _Predictor:
     out = []
     for i, (top, left, h, w) in enumerate(boxes[: len(pictures)]):
       box = np.s_[top : top + h, left : left + w]
-      kept, _ = localize.keep_to_foreground(self.models.localize_config, stack[i][box], d[i][box])
+      kept, _ = map_settings.keep_to_foreground(
+        self.models.localize_config, stack[i][box], d[i][box]
+      )
       # float16, as stored: the classifiers were trained on maps rounded so.
       out.append(kept.astype(np.float16).astype(np.float32))
     return out
@@ -393,8 +337,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "config.from_workdir is empty; give the pipeline (or localize or classifier) workdir "
       "whose models should predict."
     )
-  paths, root = find_images(config.images)
-  names = {p: output_name(p, root) for p in paths}
+  paths, root = image_lists.find_images(config.images)
+  names = {p: image_lists.output_name(p, root) for p in paths}
   # Each process predicts with its own devices: no collective between processes until the end.
   mesh = sharding.make_mesh(jax.local_devices())
   models = load_models(config.from_workdir, mesh)

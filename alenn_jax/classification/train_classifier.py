@@ -18,7 +18,6 @@ Resuming is automatic from `W/checkpoints/` (orbax): step, parameters, BatchNorm
 optimizer state, RNG and the input iterator's position.
 """
 
-import dataclasses
 import functools
 import json
 import math
@@ -37,21 +36,20 @@ from clu import parameter_overview
 
 from alenn_jax import (
   checkpointing,
+  data_splits,
   fusion,
   input_pipeline,
-  le_maps,
-  metrics,
   models,
   predictions,
-  preemption,
-  progress,
-  report,
   sharding,
+  training_loop,
   writers,
 )
 from alenn_jax.checkpointing import DATA, METRICS, MODEL, STATE
+from alenn_jax.classification import classifier_setup, inference
 from alenn_jax.errors import UserInputError
 from alenn_jax.models import layers
+from alenn_jax.reporting import tables
 
 # Fields whose change makes the checkpoints of a workdir unusable (checkpointing.check_config).
 SHAPE_FIELDS = ("backbone", "fusion", "model.", "data.image_size")
@@ -64,61 +62,6 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifierSetup:
-  """What the classifier's step functions close over: model, optimizer and constants."""
-
-  model: Any
-  tx: optax.GradientTransformation
-  fusion: str
-  gamma: float
-  class_weights: tuple[float, float]  # BCE weight of a normal and of an abnormal example.
-  aux_weight: float
-  in_channels: int
-  input_stats: tuple | None  # (mean, std) the ImageNet weights expect (fusion.normalize), or None.
-
-  @classmethod
-  def from_config(cls, config, class_weights=(1.0, 1.0)):
-    model = models.classifier_from_config(config)
-    tx = make_optimizer(config.optimizer, config.num_train_steps)
-    return cls(
-      model=model,
-      tx=tx,
-      fusion=config.fusion,
-      gamma=config.gamma,
-      class_weights=tuple(float(w) for w in class_weights),
-      aux_weight=config.aux_weight,
-      in_channels=fusion.num_channels(config.fusion, bool(config.model.pretrained)),
-      input_stats=models.INPUT_STATS[config.backbone] if config.model.pretrained else None,
-    )
-
-
-def learning_rate(opt, total_steps: int):
-  """The learning rate per step: `opt.learning_rate`, constant (our reading of the text's
-  "initialized to 0.0001") or, with
-  `opt.schedule="cosine"`, warmed up linearly over `opt.warmup_steps` and then decayed to 0 along a
-  cosine by `total_steps`."""
-  if opt.get("schedule", "constant") == "constant":
-    if opt.get("warmup_steps", 0):
-      return optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
-    return opt.learning_rate
-  return optax.warmup_cosine_decay_schedule(
-    0.0, opt.learning_rate, max(1, opt.get("warmup_steps", 0)), max(total_steps, 2)
-  )
-
-
-def make_optimizer(opt, total_steps: int) -> optax.GradientTransformation:
-  """Adam (AdamW when `weight_decay` > 0) on `learning_rate`'s schedule, after clipping the
-  global gradient norm to `grad_clip` (0: no clipping)."""
-  rate = learning_rate(opt, total_steps)
-  if opt.weight_decay > 0:
-    adam = optax.adamw(rate, opt.b1, opt.b2, weight_decay=opt.weight_decay)
-  else:
-    adam = optax.adam(rate, opt.b1, opt.b2)
-  clip = opt.get("grad_clip", 0.0)
-  return optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
 
 
 def check_input_size(model, config, image_size: int) -> None:
@@ -148,7 +91,11 @@ def check_input_size(model, config, image_size: int) -> None:
 
 
 def create_train_state(
-  config, static: ClassifierSetup, rng, image_size: int, load_pretrained: bool = True
+  config,
+  static: classifier_setup.ClassifierSetup,
+  rng,
+  image_size: int,
+  load_pretrained: bool = True,
 ) -> TrainState:
   """Fresh (or ImageNet-initialised, `config.model.pretrained`) parameters and optimizer state."""
   k_init, k_drop, k_rng = jax.random.split(rng, 3)
@@ -175,20 +122,14 @@ def _bce(logits, labels, weights):
   return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-9)
 
 
-def model_inputs(static: ClassifierSetup, batch: dict) -> jax.Array:
-  """What the network sees: the image fused with its LE map, normalised for ImageNet weights."""
-  inputs = fusion.fuse(batch["image"], batch.get("le"), static.fusion, static.gamma)
-  return inputs if static.input_stats is None else fusion.normalize(inputs, static.input_stats)
-
-
-def train_step(state: TrainState, batch: dict, rng, *, static: ClassifierSetup):
+def train_step(state: TrainState, batch: dict, rng, *, static: classifier_setup.ClassifierSetup):
   """One Adam step on the weighted BCE of P(abnormal) (plus Inception's auxiliary head).
 
   `batch["inputs"]`, when present, are the model inputs already fused (`model_inputs`, jitted on
   its own): the step then compiles to the same program for every fusion and seed of a backbone,
   so with the persistent compilation cache (`launch.py --compilation_cache`) only the first of
   them pays for its compilation. Otherwise the image (and LE map) are fused here."""
-  inputs = batch["inputs"] if "inputs" in batch else model_inputs(static, batch)
+  inputs = batch["inputs"] if "inputs" in batch else classifier_setup.model_inputs(static, batch)
   labels = batch["label"].astype(jnp.float32)  # [B]
   w_normal, w_abnormal = static.class_weights
   weights = batch["weight"] * jnp.where(labels > 0.5, w_abnormal, w_normal)
@@ -226,44 +167,9 @@ def train_step(state: TrainState, batch: dict, rng, *, static: ClassifierSetup):
   }
 
 
-def eval_step(static: ClassifierSetup, params, batch_stats, batch):
-  """P(abnormal) of every image of a batch: `[B]` (`batch["inputs"]` as in `train_step`)."""
-  inputs = batch["inputs"] if "inputs" in batch else model_inputs(static, batch)
-  logits = static.model.apply({"params": params, "batch_stats": batch_stats}, inputs, train=False)
-  return jax.nn.sigmoid(logits[:, 0])
-
-
-# ----------------------------------------------------------------------------------------------
-# LE maps and data.
-
-
-def le_source(config, workdir: str) -> str:
-  return config.le_workdir or workdir
-
-
-def load_le_maps(config, workdir: str, split: str) -> dict[str, np.ndarray] | None:
-  """id -> LE map of every example of `split` (None without fusion); a missing map is an error
-  naming the id and the workdir."""
-  if config.fusion == "none":
-    return None
-  source = le_source(config, workdir)
-  maps = le_maps.read_le_maps(source, split)
-  wanted = input_pipeline.split_labels(config.data, split)
-  missing = sorted(set(wanted) - set(maps))
-  if missing:
-    raise UserInputError(
-      f"no LE map for example {missing[0]!r} ({len(missing)} of {len(wanted)} in split {split!r}) "
-      f"in {source}/le_maps; run the localize job on the same dataset there "
-      "(configs/localize.py), or set config.le_workdir to the workdir that has them."
-    )
-  return maps
-
-
 def class_weights(config) -> tuple[float, float]:
   """(w_normal, w_abnormal) = N / (2 N_c) on the train split when class_balanced, else (1, 1)."""
-  labels = np.asarray(
-    list(input_pipeline.split_labels(config.data, config.data.train_split).values())
-  )
+  labels = np.asarray(list(data_splits.split_labels(config.data, config.data.train_split).values()))
   keep = tuple(config.data.labels)
   counts = [int(np.sum(labels == c)) if c in keep else 0 for c in (0, 1)]
   if min(counts) == 0:
@@ -276,75 +182,6 @@ def class_weights(config) -> tuple[float, float]:
     return 1.0, 1.0
   total = sum(counts)
   return total / (2 * counts[0]), total / (2 * counts[1])
-
-
-def make_predict_step(static: ClassifierSetup, mesh):
-  """`(params, batch_stats, batch) -> (P(abnormal), label, weight)`: the fusion (`make_fuse`),
-  then the scoring, each jitted once per run so that every evaluation reuses its compilation.
-  Outputs are replicated, so every process reads the whole batch (several hosts)."""
-
-  fuse = make_fuse(static, mesh)
-
-  def scores(params, batch_stats, batch):
-    return eval_step(static, params, batch_stats, batch), batch["label"], batch["weight"]
-
-  scores = jax.jit(scores, out_shardings=sharding.replicated(mesh))
-
-  def predict_step(params, batch_stats, batch):
-    return scores(params, batch_stats, fused_batch(fuse, batch))
-
-  return predict_step
-
-
-def make_fuse(static: ClassifierSetup, mesh):
-  """`model_inputs` jitted on its own (batch-sharded), for `fused_batch`."""
-  return jax.jit(
-    functools.partial(model_inputs, static), out_shardings=sharding.batch_sharding(mesh)
-  )
-
-
-def fused_batch(fuse, batch: dict) -> dict:
-  """{inputs, label, weight}: what `train_step` and `eval_step` need, the fusion done by `fuse`."""
-  return {"inputs": fuse(batch), "label": batch["label"], "weight": batch["weight"]}
-
-
-def predict(config, predict_step, params, batch_stats, mesh, split: str, maps) -> dict:
-  """ids, labels and P(abnormal) of every example of `split` (all of it, or eval.max_batches);
-  `predict_step` is `make_predict_step`'s, `maps` the split's LE maps (or None)."""
-  iterator = input_pipeline.eval_iterator(config.data, mesh, split, labels=(0, 1), le_maps=maps)
-  ids, labels, probs = [], [], []
-  for i, batch in enumerate(iterator):
-    if config.eval.max_batches and i >= config.eval.max_batches:
-      break
-    numeric = {k: batch[k] for k in input_pipeline.numeric_keys(batch)}
-    p, label, weight = (
-      np.asarray(a) for a in jax.device_get(predict_step(params, batch_stats, numeric))
-    )
-    keep = weight > 0
-    labels.append(label[keep])
-    probs.append(p[keep])
-    ids.extend(str(x) for x in np.asarray(batch["id"])[keep])
-  return {"ids": ids, "labels": np.concatenate(labels), "probs": np.concatenate(probs)}
-
-
-def scores_of(config, preds: dict) -> dict:
-  """Image-level scores (and study-level ones for MURA) of `predict`'s output."""
-  out = {"image": metrics.classification_metrics(preds["labels"], preds["probs"], config.threshold)}
-  if config.data.name.startswith("mura"):
-    _, labels, probs = metrics.study_level(
-      preds["ids"], preds["labels"], preds["probs"], predictions.mura_study
-    )
-    out["study"] = metrics.classification_metrics(labels, probs, config.threshold)
-  for level, scores in out.items():
-    for note in scores["warnings"]:
-      logging.warning("%s-level: %s", level, note)
-  return out
-
-
-def evaluate(config, predict_step, params, batch_stats, mesh, split: str, maps):
-  """Runs the model over `split` and scores it: (scores, predictions)."""
-  preds = predict(config, predict_step, params, batch_stats, mesh, split, maps)
-  return scores_of(config, preds), preds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,7 +202,7 @@ def write_outputs(config, workdir: str, split: str, step: int, scores: dict, pre
     **scores,
   }
   predictions.write_results(workdir, split, info, preds)
-  report.table2([workdir], os.path.join(workdir, predictions.REPORT), split)
+  tables.table2([workdir], os.path.join(workdir, predictions.REPORT), split)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,11 +251,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   resolve_splits(config)
   checkpointing.check_config(config, workdir, SHAPE_FIELDS)
   mesh = sharding.make_mesh()
-  static = ClassifierSetup.from_config(config, class_weights(config))
+  static = classifier_setup.ClassifierSetup.from_config(config, class_weights(config))
   writer = writers.create(workdir, just_logging=jax.process_index() > 0)
   replicated = sharding.replicated(mesh)
-  le_train = load_le_maps(config, workdir, config.data.train_split)
-  le_val = load_le_maps(config, workdir, config.data.eval_split)
+  le_train = inference.load_le_maps(config, workdir, config.data.train_split)
+  le_val = inference.load_le_maps(config, workdir, config.data.eval_split)
 
   state = create_train_state(
     config, static, jax.random.PRNGKey(config.seed), config.data.image_size
@@ -434,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   batch_sharding = sharding.batch_sharding(mesh)
   keys = input_pipeline.NUMERIC_KEYS + (("le",) if le_train is not None else ())
-  fuse = make_fuse(static, mesh)
+  fuse = inference.make_fuse(static, mesh)
   step_fn = jax.jit(
     functools.partial(train_step, static=static),
     in_shardings=(
@@ -445,66 +282,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     out_shardings=(replicated, replicated),
     donate_argnums=(0,),
   )
-  predict_step = make_predict_step(static, mesh)
+  predict_step = inference.make_predict_step(static, mesh)
   total = config.num_train_steps
   stop = total if config.stop_at_step < 0 else min(config.stop_at_step, total)
-  report_progress = writers.report_progress(total, writer)
-  progress_line = progress.Progress(
-    f"classifier {config.backbone}/{config.fusion}", total, config.data.batch_size
+  best_so_far = {"step": best_step, "kappa": best_kappa}
+
+  def validate(done: int, state: TrainState) -> None:
+    _validate(config, predict_step, state, mesh, le_val, writer, best, best_so_far, done)
+
+  def save(done: int, state: TrainState, force: bool) -> None:
+    if force or done % config.eval_every == 0 or done == stop:
+      items = {STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(train_iter.get_state())}
+      checkpointing.save(latest, done, items)
+
+  batches = (inference.fused_batch(fuse, {k: b[k] for k in keys}) for b in train_iter)
+  state = training_loop.run(
+    state,
+    name=f"classifier {config.backbone}/{config.fusion}",
+    start=start,
+    stop=stop,
+    total=total,
+    batch_size=config.data.batch_size,
+    batches=batches,
+    step=lambda index, state, batch: step_fn(state, batch, jax.random.fold_in(state.rng, index)),
+    evaluate=validate,
+    save=save,
+    managers=[latest, best],
+    writer=writer,
+    log_every=config.log_every,
+    eval_every=config.eval_every,
   )
-
-  def save_latest(step: int, state: TrainState) -> None:
-    items = {STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(train_iter.get_state())}
-    checkpointing.save(latest, step, items)
-
-  with preemption.watch() as should_stop:
-    for step in range(start, stop):
-      batch = next(train_iter)
-      numeric = fused_batch(fuse, {k: batch[k] for k in keys})
-      state, step_metrics = step_fn(state, numeric, jax.random.fold_in(state.rng, step))
-      step_metrics = jax.device_get(step_metrics)
-      checkpointing.check_finite(step_metrics, step, latest)
-      report_progress(step + 1)
-      progress_line.update(step + 1)
-      if (step + 1) % config.log_every == 0 or step + 1 == stop:
-        writer.write_scalars(step + 1, {f"train/{k}": float(v) for k, v in step_metrics.items()})
-      if (step + 1) % config.eval_every == 0 or step + 1 == stop:
-        scores, _ = evaluate(
-          config,
-          predict_step,
-          state.params,
-          state.batch_stats,
-          mesh,
-          config.data.eval_split,
-          le_val,
-        )
-        writer.write_scalars(step + 1, _flat_scores("val", scores))
-        kappa = scores["image"]["kappa"]
-        logging.info(
-          "step %d: validation accuracy %.4f kappa %.4f auc %.4f",
-          step + 1,
-          scores["image"]["accuracy"],
-          kappa,
-          scores["image"]["auc"],
-        )
-        if kappa > best_kappa:
-          best_step, best_kappa = step + 1, kappa
-          weights = {"params": state.params, "batch_stats": state.batch_stats}
-          items = {
-            MODEL: ocp.args.StandardSave(weights),
-            METRICS: ocp.args.JsonSave(_json_safe(scores)),
-          }
-          checkpointing.save(best, step + 1, items)
-        save_latest(step + 1, state)
-      if should_stop(step + 1):
-        save_latest(step + 1, state)
-        checkpointing.close([latest, best], writer)
-        raise preemption.Preempted(step + 1, should_stop.signum)
-  checkpointing.close([latest, best], writer)
   if stop == total:
-    logging.info("best validation kappa %.4f at step %s", best_kappa, best_step)
+    logging.info("best validation kappa %.4f at step %s", best_so_far["kappa"], best_so_far["step"])
     score_checkpoint(config, workdir, mesh, "best", config.eval.split, predict_step)
   return state
+
+
+def _validate(config, predict_step, state, mesh, le_val, writer, best, best_so_far, done) -> None:
+  """Scores `state` on the selection split; a better kappa than `best_so_far` is saved to
+  `best` (the checkpoint the final scores use)."""
+  scores, _ = inference.evaluate(
+    config, predict_step, state.params, state.batch_stats, mesh, config.data.eval_split, le_val
+  )
+  writer.write_scalars(done, _flat_scores("val", scores))
+  image = scores["image"]
+  logging.info(
+    "step %d: validation accuracy %.4f kappa %.4f auc %.4f",
+    done,
+    image["accuracy"],
+    image["kappa"],
+    image["auc"],
+  )
+  if image["kappa"] > best_so_far["kappa"]:
+    best_so_far.update(step=done, kappa=image["kappa"])
+    weights = {"params": state.params, "batch_stats": state.batch_stats}
+    items = {MODEL: ocp.args.StandardSave(weights), METRICS: ocp.args.JsonSave(_json_safe(scores))}
+    checkpointing.save(best, done, items)
 
 
 def _json_safe(scores: dict) -> dict:
@@ -516,9 +349,11 @@ def score_checkpoint(config, workdir, mesh, which, split, predict_step=None) -> 
   this run's outputs; the model is the one the workdir's stored config describes."""
   trained = checkpointing.load_classifier(workdir, which, mesh)
   if predict_step is None:
-    predict_step = make_predict_step(ClassifierSetup.from_config(trained.config), mesh)
-  maps = load_le_maps(config, workdir, split)
-  scores, preds = evaluate(
+    predict_step = inference.make_predict_step(
+      classifier_setup.ClassifierSetup.from_config(trained.config), mesh
+    )
+  maps = inference.load_le_maps(config, workdir, split)
+  scores, preds = inference.evaluate(
     config, predict_step, trained.params, trained.batch_stats, mesh, split, maps
   )
   if jax.process_index() == 0:
@@ -545,15 +380,15 @@ def score_checkpoint(config, workdir, mesh, which, split, predict_step=None) -> 
 def _resolve_scored_split(config: ml_collections.ConfigDict) -> str:
   """`eval.split` if the dataset has it, else the scored split (test, else valid); set and
   returned."""
-  if config.eval.split not in input_pipeline.split_names(config.data):
-    config.eval.split = input_pipeline.scored_split(config.data)
+  if config.eval.split not in data_splits.split_names(config.data):
+    config.eval.split = data_splits.scored_split(config.data)
   return config.eval.split
 
 
 def resolve_splits(config: ml_collections.ConfigDict) -> None:
   """Fills in the splits the dataset has: `data.eval_split` (selection, never the scored split
   unless `data.paper_selection`) and `eval.split` (scored: test, else valid)."""
-  input_pipeline.resolve_eval_split(config.data, scored=_resolve_scored_split(config))
+  data_splits.resolve_eval_split(config.data, scored=_resolve_scored_split(config))
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
