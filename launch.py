@@ -59,6 +59,12 @@ _MULTIHOST_TIMEOUT = flags.DEFINE_integer(
   300,
   "With --multihost: seconds to wait for the coordinator and for every process to join.",
 )
+_BARRIER_TIMEOUT = flags.DEFINE_float(
+  "barrier_timeout",
+  multihost.DEFAULT_BARRIER_TIMEOUT_S,
+  "With --multihost: seconds a process waits at a barrier (the end of a stage, process 0's "
+  "report, a checkpoint write) for the others before it stops naming the barrier.",
+)
 _COMPILATION_CACHE = flags.DEFINE_string(
   "compilation_cache",
   "",
@@ -195,6 +201,7 @@ def _start_multihost(config, workdir: str, mode: str) -> None:
   timeout = _MULTIHOST_TIMEOUT.value
   if timeout < 1:
     raise UserInputError(f"--multihost_timeout={timeout}: use a number of seconds >= 1.")
+  multihost.set_barrier_timeout(_BARRIER_TIMEOUT.value)
   address = _COORDINATOR.value
   if address and _PROCESS_ID.value not in (None, 0):
     _wait_for_coordinator(address, timeout)

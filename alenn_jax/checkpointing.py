@@ -13,6 +13,7 @@ later stage or a new user needs nothing but the workdir.
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -60,6 +61,22 @@ def restore_latest(manager: ocp.CheckpointManager, state, train_iter):
   train_iter.set_state(restored[DATA])
   logging.info("resumed from step %d", step)
   return restored[STATE], True
+
+
+def manager(directory: str, item_names, *, timeout_s: float, **options) -> ocp.CheckpointManager:
+  """An orbax manager saving into `directory` (`options`: CheckpointManagerOptions fields). Its
+  barriers carry a key prefix of its own, a hash of the directory, so two managers of one run
+  saving the same step at once (a classifier's latest and best) never meet at the same barrier,
+  which on several processes stops both; orbax waits `timeout_s` for the other processes' writes.
+  """
+  prefix = "ckpt_" + hashlib.sha1(os.path.abspath(directory).encode()).hexdigest()[:12]
+  opts = ocp.CheckpointManagerOptions(
+    create=True,
+    async_options=ocp.AsyncOptions(timeout_secs=max(1, math.ceil(timeout_s))),
+    multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix),
+    **options,
+  )
+  return ocp.CheckpointManager(directory, item_names=item_names, options=opts)
 
 
 def save(manager: ocp.CheckpointManager, step: int, items: dict, force: bool = False) -> None:

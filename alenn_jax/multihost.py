@@ -1,12 +1,22 @@
 """What the processes of a `--multihost` job agree on: the job itself, decisions read from disk,
-and the points they wait for each other at. On one process every function is a no-op."""
+and the points they wait for each other at. On one process every function is a no-op.
+
+Barriers go through the coordination service with a timeout (`--barrier_timeout`, default an
+hour): the processes run every stage together, so a barrier waits only for the slowest process to
+finish the same work (or for process 0's report), and a process still waiting after that long
+names the barrier (and so the stage) on one line instead of hanging or failing deep in a
+collective.
+"""
 
 import hashlib
 import json
+import math
+import time
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from orbax.checkpoint import multihost as ocp_multihost
 
 from alenn_jax import checkpointing
 from alenn_jax.errors import UserInputError
@@ -24,10 +34,50 @@ def agreed(values):
   return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(values)))
 
 
+DEFAULT_BARRIER_TIMEOUT_S = 3600.0
+_state = {"timeout_s": DEFAULT_BARRIER_TIMEOUT_S, "passed": 0}
+
+
+def set_barrier_timeout(seconds: float) -> None:
+  """How long a process waits at a barrier (and orbax for the other processes' checkpoint
+  writes) before it stops; `launch.py --barrier_timeout`."""
+  if not seconds >= 1:
+    raise UserInputError(f"--barrier_timeout={seconds}: use a number of seconds >= 1.")
+  _state["timeout_s"] = float(seconds)
+
+
+def barrier_timeout() -> float:
+  return _state["timeout_s"]
+
+
+class BarrierTimeout(UserInputError):
+  """A process waited longer than the barrier timeout for the others."""
+
+
 def barrier(name: str) -> None:
-  """Waits until every process reaches the barrier `name` (nothing to wait for on one process)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+  """Waits until every process reaches the barrier `name` (nothing to wait for on one process).
+  Raises BarrierTimeout, naming it, when the others have not arrived within `barrier_timeout()`.
+  Every process passes the same barriers in the same order, so their count makes each key unique
+  even when a name repeats."""
+  if jax.process_count() == 1:
+    return
+  key = f"alenn_jax barrier {_state['passed']}: {name}"
+  _state["passed"] += 1
+  start = time.monotonic()
+  try:
+    ocp_multihost.sync_global_processes(
+      key,
+      timeout=math.ceil(_state["timeout_s"]),
+      processes=set(range(jax.process_count())),
+    )
+  except jax.errors.JaxRuntimeError as e:
+    detail = str(e).strip().split(". ")[0][:120] or type(e).__name__  # "DEADLINE_EXCEEDED: ..."
+    raise BarrierTimeout(
+      f"--multihost: process {jax.process_index()} waited {time.monotonic() - start:.0f} s at "
+      f"barrier {name!r} and not every process reached it ({detail}); if a process is only "
+      f"slower, raise --barrier_timeout (now {_state['timeout_s']:g} s); if one stopped, its log "
+      "says why."
+    ) from e
 
 
 def first_difference(mine: dict, theirs: dict) -> str | None:

@@ -46,6 +46,7 @@ from alenn_jax import (
   input_pipeline,
   losses,
   metrics,
+  multihost,
   rtv,
   sharding,
   training_loop,
@@ -323,13 +324,12 @@ def make_image_grid(static: GanSetup, mesh, num: int):
 
 
 def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-    save_interval_steps=config.checkpoint_every, max_to_keep=config.keep_checkpoints, create=True
-  )
-  return ocp.CheckpointManager(
+  return checkpointing.manager(
     os.path.join(workdir, checkpointing.CHECKPOINTS),
-    item_names=checkpointing.STAGE1_ITEMS,
-    options=options,
+    checkpointing.STAGE1_ITEMS,
+    timeout_s=multihost.barrier_timeout(),
+    save_interval_steps=config.checkpoint_every,
+    max_to_keep=config.keep_checkpoints,
   )
 
 

@@ -9,6 +9,7 @@ import sys
 from absl.testing import absltest
 
 from alenn_jax import multihost
+from alenn_jax.errors import UserInputError
 from configs import pipeline as pipeline_config
 from tests import helpers
 
@@ -30,6 +31,55 @@ class FirstDifferenceTest(absltest.TestCase):
     self.assertEqual(multihost.agreed(3), 3)
     multihost.barrier("nothing to wait for")
     multihost.check_same_job({"config": {}})
+
+
+# Process 0 waits at a barrier that process 1 never reaches (it sleeps, then ends).
+_BARRIER_JOB = """
+import sys, time
+import jax
+port, pid = sys.argv[1], int(sys.argv[2])
+jax.config.update("jax_num_cpu_devices", 1)
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+from alenn_jax import multihost
+from alenn_jax.errors import UserInputError
+multihost.set_barrier_timeout(2)
+multihost.barrier("both start")
+if pid == 0:
+  try:
+    multihost.barrier("pipeline: stage 2a: LE maps finished")
+  except multihost.BarrierTimeout as e:
+    print(f"error: {e}", flush=True)
+    sys.exit(2)
+time.sleep(8)
+"""
+
+
+class BarrierTimeoutTest(absltest.TestCase):
+  def test_a_process_left_waiting_names_the_barrier_and_its_stage(self):
+    port = helpers.free_port()
+    procs = [
+      subprocess.Popen(
+        [sys.executable, "-c", _BARRIER_JOB, str(port), str(k)],
+        cwd=helpers.REPO,
+        env=helpers.cpu_env(1),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+      )
+      for k in (0, 1)
+    ]
+    out = [p.communicate(timeout=120)[0] for p in procs]
+    self.assertEqual([p.returncode for p in procs], [2, 0], out)
+    self.assertRegex(
+      out[0],
+      r"error: --multihost: process 0 waited [23] s at barrier 'pipeline: stage 2a: LE maps "
+      r"finished' and not every process reached it \(DEADLINE_EXCEEDED.*raise --barrier_timeout "
+      r"\(now 2 s\)",
+    )
+
+  def test_the_timeout_must_be_a_second_or_more(self):
+    with self.assertRaisesRegex(UserInputError, r"--barrier_timeout=0.5: use a number of seconds"):
+      multihost.set_barrier_timeout(0.5)
 
 
 class MultiHostStartTest(helpers.PhantomsTestCase):

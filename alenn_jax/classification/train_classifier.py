@@ -40,6 +40,7 @@ from alenn_jax import (
   fusion,
   input_pipeline,
   models,
+  multihost,
   predictions,
   sharding,
   training_loop,
@@ -210,16 +211,18 @@ def write_outputs(config, workdir: str, split: str, step: int, scores: dict, pre
 
 
 def _managers(workdir: str, config):
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
-  latest = ocp.CheckpointManager(
+  timeout_s = multihost.barrier_timeout()
+  latest = checkpointing.manager(
     os.path.join(workdir, checkpointing.CHECKPOINTS),
-    item_names=checkpointing.LATEST_ITEMS,
-    options=options,
+    checkpointing.LATEST_ITEMS,
+    timeout_s=timeout_s,
+    max_to_keep=config.keep_checkpoints,
   )
-  best = ocp.CheckpointManager(
+  best = checkpointing.manager(
     os.path.join(workdir, checkpointing.BEST),
-    item_names=checkpointing.BEST_ITEMS,
-    options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+    checkpointing.BEST_ITEMS,
+    timeout_s=timeout_s,
+    max_to_keep=1,
   )
   return latest, best
 
