@@ -1,24 +1,33 @@
 """What several test files share: a class-wide temporary folder with the phantoms built in it,
 running launch.py in a subprocess, and comparing parameter trees."""
 
+import contextlib
+import io
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import jax
 import numpy as np
 import pydicom
-from absl.testing import parameterized
+import pytest
+from absl import app
+from absl.testing import flagsaver, parameterized
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from alenn_jax import checkpointing, datasets
+from alenn_jax import checkpointing, data_splits, datasets, le_maps
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+# An end-to-end or multi-process run (minutes on 2 cores): `make test` leaves these out,
+# `make test-slow` runs only these, `make test-all` and CI run everything.
+slow = pytest.mark.slow
 
 
 class PhantomsTestCase(parameterized.TestCase):
@@ -49,6 +58,49 @@ def launch(*args, env=None):
     env={k: v for k, v in env.items() if v is not None},
     check=False,
   )
+
+
+def launch_in_process(*args) -> subprocess.CompletedProcess:
+  """`launch.py ARGS` run in this process as `python launch.py ARGS` runs it (absl's app.run with
+  launch.py's flag parser), its stdout and stderr captured and its exit status returned: an
+  error's text and status without the second or so a new Python spends importing JAX. Flags are
+  restored afterwards. What absl logs (a traceback with --verbosity=1) goes to the real stderr,
+  so a test of logged text starts a process (`launch`)."""
+  import launch  # The entry point's flags, defined once per test process.
+
+  argv = ["launch.py", *args]
+  out, err = io.StringIO(), io.StringIO()
+  status = 0
+  # config_flags reads `--config.` overrides from sys.argv, as it does in a real process.
+  with (
+    flagsaver.flagsaver(),
+    mock.patch.object(sys, "argv", argv),
+    contextlib.redirect_stdout(out),
+    contextlib.redirect_stderr(err),
+  ):
+    try:
+      app.run(launch.main, argv=argv, flags_parser=launch._parse_flags)
+    except SystemExit as e:
+      status = e.code if isinstance(e.code, int) else int(e.code is not None)
+  return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())
+
+
+def write_le_workdir(
+  workdir: str, data_config, seed: int = 0, size: int = 32, per_shard: int = 16
+) -> None:
+  """A localize workdir's LE maps without the generator that makes them: for every example of every
+  split of `data_config`'s dataset, a D map of uniform noise in [0, 1] (`size` x `size`; a map meets
+  its image through `place_map`, which resizes it) in the job's shard format, `per_shard` maps a
+  shard, with scale 1. What the classifiers read from a localize workdir; the pipeline test runs
+  them on maps a trained generator made."""
+  rng = np.random.default_rng(seed)
+  for split in data_splits.split_names(data_config):
+    ids = sorted(data_splits.split_labels(data_config, split))
+    for index, first in enumerate(range(0, len(ids), per_shard)):
+      chunk = ids[first : first + per_shard]
+      maps = [rng.uniform(0.0, 1.0, (size, size)).astype(np.float32) for _ in chunk]
+      le_maps.write_shard(le_maps.shard_path(workdir, split, index), chunk, maps)
+  le_maps.write_scale(workdir, 1.0)
 
 
 def leaves_equal(a, b) -> bool:

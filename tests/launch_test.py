@@ -12,7 +12,7 @@ REPO = os.path.join(os.path.dirname(__file__), "..")
 class LaunchTest(absltest.TestCase):
   def test_rtv_demo_smoke_writes_structures_and_summary(self):
     workdir = self.create_tempdir().full_path
-    result = helpers.launch("--config=configs/rtv_demo.py:smoke", f"--workdir={workdir}")
+    result = helpers.launch_in_process("--config=configs/rtv_demo.py:smoke", f"--workdir={workdir}")
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     out = os.path.join(workdir, "rtv")
     self.assertTrue(os.path.exists(os.path.join(out, "structure_texture.png")))
@@ -22,6 +22,7 @@ class LaunchTest(absltest.TestCase):
     self.assertIn("images: 2 at 64x64", summary)
     self.assertIn("CG iterations", summary)
 
+  @helpers.slow  # Three launches, each a new process: the cache is read from its environment.
   def test_compilation_cache_in_the_workdir_unless_the_environment_names_one_none_is_off(self):
     workdir = self.create_tempdir().full_path
     args = ("--config=configs/rtv_demo.py:smoke", f"--workdir={workdir}")
@@ -46,7 +47,7 @@ class LaunchTest(absltest.TestCase):
     self.assertFalse(os.path.exists(os.path.join(workdir, "compilation_cache")))
 
   def test_unknown_trainer_lists_valid_ones(self):
-    result = helpers.launch(
+    result = helpers.launch_in_process(
       "--config=configs/rtv_demo.py:smoke",
       "--workdir=/tmp/unused",
       "--config.trainer=nope",
@@ -59,7 +60,7 @@ class LaunchTest(absltest.TestCase):
     )
 
   def test_unknown_mode_lists_valid_ones(self):
-    result = helpers.launch(
+    result = helpers.launch_in_process(
       "--config=configs/rtv_demo.py:smoke", "--workdir=/tmp/unused", "--mode=fly"
     )
     self.assertNotEqual(result.returncode, 0)
@@ -67,7 +68,7 @@ class LaunchTest(absltest.TestCase):
     self.assertIn("valid modes: run", result.stderr)
 
   def test_misspelt_config_field_fails(self):
-    result = helpers.launch(
+    result = helpers.launch_in_process(
       "--config=configs/rtv_demo.py:smoke", "--workdir=/tmp/unused", "--config.imgs=1"
     )
     self.assertNotEqual(result.returncode, 0)
@@ -76,7 +77,7 @@ class LaunchTest(absltest.TestCase):
   def test_unreadable_image_is_named(self):
     workdir = self.create_tempdir().full_path
     missing = os.path.join(workdir, "missing.png")
-    result = helpers.launch(
+    result = helpers.launch_in_process(
       "--config=configs/rtv_demo.py:smoke",
       f"--workdir={workdir}",
       f"--config.images=('{missing}',)",
@@ -86,7 +87,7 @@ class LaunchTest(absltest.TestCase):
     self.assertNotIn("Traceback", result.stderr)
 
   def test_stage2_config_argument_errors_name_the_token(self):
-    result = helpers.launch(
+    result = helpers.launch_in_process(
       "--config=configs/stage2.py:smoke,backbone=alexnet", "--workdir=/tmp/unused"
     )
     self.assertNotEqual(result.returncode, 0)
@@ -96,7 +97,7 @@ class LaunchTest(absltest.TestCase):
 
   def test_missing_pretrained_file_is_one_line(self):
     workdir = self.create_tempdir().full_path
-    result = helpers.launch(
+    result = helpers.launch_in_process(
       "--config=configs/stage2.py:smoke,backbone=resnet50",
       f"--workdir={workdir}",
       f"--config.data.data_dir={workdir}/data",

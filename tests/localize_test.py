@@ -534,6 +534,7 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
   def test_maps_are_the_raw_difference_divided_by_the_fitted_normal_error(self):
     config = self.config()
     config.init_from = self.workdir
+    config.method = "multi_window"  # Any method: the cheapest (per_window: the first test).
     self.assertEqual(config.normal_error.patch, 0)  # Off unless asked for.
     config.normal_error.patch = 9
     calibrated_dir, raw_dir = (os.path.join(self.tmp, n) for n in ("calibrated", "raw"))
@@ -581,6 +582,7 @@ class LocalizeJobTest(helpers.PhantomsTestCase):
   def test_foreground_keeps_d_to_each_images_body_and_the_scale_to_its_pixels(self):
     config = self.config()
     config.init_from = self.workdir
+    config.method = "multi_window"  # Any method: the cheapest (per_window: the first test).
     self.assertEqual(config.foreground, "none")  # Off unless asked for.
     config.foreground = "body"
     body_dir = os.path.join(self.tmp, "body")
