@@ -1,5 +1,7 @@
 # Two entry points (see README.md): `make demo` runs the whole pipeline on the built-in phantoms,
 # `make test` runs the test suite. Both create .venv and install requirements.txt first.
+# `make test` leaves out the end-to-end and multi-process runs (tests marked `slow`):
+# `make test-slow` runs only those, `make test-all` everything; CI runs `test`, then `test-slow`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +10,7 @@ WORKDIR ?= workdir/demo
 # (BENCHMARKS.md has the suite's times). 1: one process.
 TEST_WORKERS ?= 2
 
-.PHONY: demo rtv_demo stage1 test lint bench clean
+.PHONY: demo rtv_demo stage1 test test-slow test-all lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +35,12 @@ stage1: $(VENV)/.installed
 	$(BIN)/python launch.py --config=configs/stage1.py:small --workdir=workdir/stage1 --alsologtostderr
 
 test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+
+test-slow: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m slow
+
+test-all: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.installed

@@ -54,6 +54,7 @@ def steps_in(workdir: str) -> list[int]:
   return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
 
+@helpers.slow  # Processes killed and signalled mid-run.
 class FaultToleranceTest(helpers.PhantomsTestCase):
   @classmethod
   def setUpClass(cls):

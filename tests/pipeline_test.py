@@ -308,6 +308,7 @@ class PipelineTest(absltest.TestCase):
 
   # --- The same pipeline as two processes of 4 CPU devices (--multihost, JAX's CPU collectives).
 
+  @helpers.slow
   def test_two_processes_stopped_and_resumed_end_as_one_process_with_8_devices(self):
     """Against this class's run (one process, 8 devices): the resnet50 stages of the same config,
     with LE (the classifier that reads the maps), stopped by SIGTERM to both processes during its
@@ -403,6 +404,7 @@ class PipelineTest(absltest.TestCase):
       np.testing.assert_allclose(after[key], value, rtol=0, atol=1e-3, err_msg=key)
 
 
+@helpers.slow
 class MuraPipelineTest(absltest.TestCase):
   """A MURA-layout folder (train and valid only) with nothing but the dataset overridden."""
 
