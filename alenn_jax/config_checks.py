@@ -15,6 +15,7 @@ argument is one line naming the field instead of a traceback minutes into a run.
                          folds of the LE maps and of the data)
   selection_fraction     data's: in (0, 0.5] (the share of train patients carved into `selection`)
   image_size, batch_size positive (a localize config's image_size may be 0: the stage 1 run's)
+  crop                   data's: 0 (whole images) or a side that fits in image_size
   window, stride         a localize config's: 1 <= stride <= window (0: stage 1's defaults)
   foreground             a localize config's: one of foreground.MODES
   method, gap, context   a localize config's: method one of localize.METHODS; multi_window's gap
@@ -79,12 +80,32 @@ def _check_positive(path: str, value, allow_zero: bool = False) -> None:
     _fail(path, value, f"it must be a positive integer{note}")
 
 
+def _check_crop(path: str, value, image_size) -> None:
+  """A training crop is a square inside the `image_size` letterbox square (0: none)."""
+  fits = isinstance(image_size, int) and image_size > 0
+  if (
+    not isinstance(value, int)
+    or isinstance(value, bool)
+    or value < 0
+    or (fits and value > image_size)
+  ):
+    side = f"1 to {image_size} (config.data.image_size)" if fits else "a positive side"
+    _fail(path, value, f"use 0 (whole images) or a crop that fits in the image: {side}")
+
+
 def validate(
-  config: ml_collections.ConfigDict, path: str = "config", inherits: bool = False
+  config: ml_collections.ConfigDict,
+  path: str = "config",
+  inherits: bool = False,
+  image_size: int = 0,
 ) -> None:
   """Raises a UserInputError naming the first invalid field of `config` (recursively).
-  `inherits`: `config` is a localize job's data block, whose image_size may be 0."""
+  `inherits`: `config` is a localize job's data block, whose image_size may be 0. `image_size`:
+  the enclosing config's data.image_size (a pipeline's stage blocks take the pipeline's)."""
   is_localize = config.get("trainer") == "localize"
+  data = config.get("data")
+  if isinstance(data, ml_collections.ConfigDict) and data.get("image_size"):
+    image_size = data.image_size
   for key in config:
     value = config[key]
     where = f"{path}.{key}"
@@ -118,8 +139,10 @@ def validate(
       _check_positive(where, value)
     elif key in ("image_size", "batch_size") and not isinstance(value, ml_collections.ConfigDict):
       _check_positive(where, value, allow_zero=key == "image_size" and inherits)
+    elif key == "crop" and path.endswith(".data"):
+      _check_crop(where, value, config.get("image_size") or image_size)
     if isinstance(value, ml_collections.ConfigDict):
-      validate(value, where, inherits=is_localize and key == "data")
+      validate(value, where, inherits=is_localize and key == "data", image_size=image_size)
   if is_localize:
     window, stride = config.get("window", 0), config.get("stride", 0)
     _check_positive(f"{path}.window", window, allow_zero=True)

@@ -46,6 +46,9 @@ class ValidateTest(parameterized.TestCase):
     ("folds", pipeline, "smoke", "localize.folds", 0, r"config.localize.folds=0 is not valid"),
     ("holdout", stage1, "smoke", "data.holdout_fold", 3, r"holdout_fold=3 .*\[0, 1\)"),
     ("padding", stage1, "smoke", "model.padding", "same", r"config.model.padding='same'"),
+    ("crop_big", stage1, "smoke", "data.crop", 48, r"config.data.crop=48 .* 1 to 32 \(config"),
+    ("crop_negative", pipeline, "real", "data.crop", -1, r"config.data.crop=-1 is not valid"),
+    ("crop_nested", pipeline, "smoke", "stage1.data.crop", 1000, r"config.stage1.data.crop=1000"),
     ("nested", pipeline, "smoke", "stage1.masks.weights", (1.0,), r"config.stage1.masks.weights"),
     (
       "structure",
