@@ -1,5 +1,6 @@
 """What several test files share: a class-wide temporary folder with the phantoms built in it,
-running launch.py in a subprocess, and comparing parameter trees."""
+running launch.py in a subprocess or in this process, a localize workdir's maps written without a
+generator, the `slow` mark, and comparing parameter trees."""
 
 import contextlib
 import io
