@@ -149,6 +149,19 @@ class ClassifierTest(helpers.PhantomsTestCase):
     with self.assertRaisesRegex(UserInputError, "use 'best', 'latest' or one of the steps"):
       checkpointing.load_classifier(workdir, 3)
 
+  def test_selection_prefers_kappa_then_auc(self):
+    evaluations = [  # (step, image scores): a model calling everything normal, then learning.
+      (50, {"kappa": 0.0, "auc": 0.41}),
+      (100, {"kappa": 0.0, "auc": 0.69}),
+      (150, {"kappa": 0.32, "auc": 0.66}),
+      (200, {"kappa": 0.32, "auc": 0.75}),
+      (250, {"kappa": 0.12, "auc": 0.80}),
+    ]
+    best = max(evaluations, key=lambda e: train_classifier.selection_key(e[1]))
+    self.assertEqual(best[0], 200)
+    best = max(evaluations[:2], key=lambda e: train_classifier.selection_key(e[1]))
+    self.assertEqual(best[0], 100)  # Not the first of the kappa-0 ties.
+
   def test_resumed_run_ends_with_the_same_params(self):
     config = self.config()
     whole = train_classifier.train_and_evaluate(config, os.path.join(self.tmp, "whole"))

@@ -4,8 +4,9 @@ The classifier sees each image fused with its LE map (`fusion`: none, enhance or
 maps come from a stage 2a workdir, `config.le_workdir`, matched by example id) and is trained with
 binary cross-entropy on P(abnormal) with Adam at batch 16 (the paper's text: Adam, 1e-4, batch 16;
 the CPU-sized configs use 1e-3), optionally class-balanced. Every `eval_every` steps it is scored
-on the validation split; the checkpoint with the best Cohen's kappa is kept apart (`W/best/`) and
-is what the final scores use (our choice: the paper's text names no selection).
+on the validation split; the checkpoint with the best Cohen's kappa (ties: the better AUC) is kept
+apart (`W/best/`) and is what the final scores use (our choice: the paper's text names no
+selection).
 
 Reads top to bottom: `create_train_state`, `train_step`, `eval_step`, `evaluate` (runs the model
 over a split and scores it: `predict`, then `scores_of`), `train_and_evaluate`,
@@ -227,12 +228,19 @@ def _managers(workdir: str, config):
   return latest, best
 
 
-def _best_so_far(best) -> tuple[int | None, float]:
+def selection_key(image_scores: dict) -> tuple[float, float]:
+  """What the best checkpoint maximizes: validation kappa, ties broken by AUC. A model that calls
+  every image normal has kappa 0 at every evaluation; without the tie-break the first of those
+  evaluations (the least trained model) would be kept."""
+  return float(image_scores["kappa"]), float(image_scores["auc"])
+
+
+def _best_so_far(best) -> tuple[int | None, tuple[float, float]]:
   step = best.latest_step()
   if step is None:
-    return None, -math.inf
+    return None, (-math.inf, -math.inf)
   restored = best.restore(step, args=ocp.args.Composite(**{METRICS: ocp.args.JsonRestore()}))
-  return step, float(restored[METRICS]["image"]["kappa"])
+  return step, selection_key(restored[METRICS]["image"])
 
 
 def _flat_scores(prefix: str, scores: dict) -> dict[str, float]:
@@ -270,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if not resumed:
     parameter_overview.log_parameter_overview(state.params, msg=f"{config.backbone} parameters")
   start = int(jax.device_get(state.step))
-  best_step, best_kappa = _best_so_far(best)
+  best_step, best_key = _best_so_far(best)
 
   batch_sharding = sharding.batch_sharding(mesh)
   keys = input_pipeline.NUMERIC_KEYS + (("le",) if le_train is not None else ())
@@ -288,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   predict_step = inference.make_predict_step(static, mesh)
   total = config.num_train_steps
   stop = total if config.stop_at_step < 0 else min(config.stop_at_step, total)
-  best_so_far = {"step": best_step, "kappa": best_kappa}
+  best_so_far = {"step": best_step, "key": best_key}
 
   def validate(done: int, state: TrainState) -> None:
     _validate(config, predict_step, state, mesh, le_val, writer, best, best_so_far, done)
@@ -316,14 +324,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     eval_every=config.eval_every,
   )
   if stop == total:
-    logging.info("best validation kappa %.4f at step %s", best_so_far["kappa"], best_so_far["step"])
+    kappa, auc = best_so_far["key"]
+    logging.info(
+      "best validation kappa %.4f (auc %.4f) at step %s", kappa, auc, best_so_far["step"]
+    )
     score_checkpoint(config, workdir, mesh, "best", config.eval.split, predict_step)
   return state
 
 
 def _validate(config, predict_step, state, mesh, le_val, writer, best, best_so_far, done) -> None:
-  """Scores `state` on the selection split; a better kappa than `best_so_far` is saved to
-  `best` (the checkpoint the final scores use)."""
+  """Scores `state` on the selection split; a better `selection_key` than `best_so_far` is saved
+  to `best` (the checkpoint the final scores use)."""
   scores, _ = inference.evaluate(
     config, predict_step, state.params, state.batch_stats, mesh, config.data.eval_split, le_val
   )
@@ -336,8 +347,9 @@ def _validate(config, predict_step, state, mesh, le_val, writer, best, best_so_f
     image["kappa"],
     image["auc"],
   )
-  if image["kappa"] > best_so_far["kappa"]:
-    best_so_far.update(step=done, kappa=image["kappa"])
+  key = selection_key(image)
+  if key > best_so_far["key"]:
+    best_so_far.update(step=done, key=key)
     weights = {"params": state.params, "batch_stats": state.batch_stats}
     items = {MODEL: ocp.args.StandardSave(weights), METRICS: ocp.args.JsonSave(_json_safe(scores))}
     checkpointing.save(best, done, items)
