@@ -106,7 +106,7 @@ class PipelineSizesTest(absltest.TestCase):
     self.assertEqual(scores(demo.localize), (-1.0, -1, -1.0))
     self.assertEqual(scores(big.localize), (4.0, 2, 2.0))
 
-  def test_real_is_the_demo_recipe_with_32_px_windows_kept_to_the_body_and_the_largest_shift(
+  def test_real_is_the_demo_recipe_with_32_px_windows_kept_to_the_body_and_longer_classifiers(
     self,
   ):
     demo, real = pipeline.get_config("small"), pipeline.get_config("real")
@@ -120,6 +120,14 @@ class PipelineSizesTest(absltest.TestCase):
       real.localize.foreground, real.localize.shift = "none", -1
       loc.window, loc.stride, loc.gap = 16, 8, 16
       real.stage1.masks.window = real.stage1.eval.window = 16
+      for b in pipeline.BACKBONES:
+        stage = real.stage2[b]
+        self.assertEqual(
+          (stage.num_train_steps, stage.eval_every, stage.class_balanced), (2000, 100, True)
+        )
+        self.assertEqual(stage.optimizer.learning_rate, 1e-4 if b == "vgg19" else 1e-3, b)
+        stage.num_train_steps, stage.eval_every, stage.class_balanced = 300, 50, False
+        stage.optimizer.learning_rate = 1e-3
     self.assertEqual(real.to_dict(), demo.to_dict())
 
   def test_unknown_size_names_the_known_ones(self):
