@@ -22,6 +22,7 @@ Evaluation iterators visit every example exactly once.
 
 import dataclasses
 import math
+import threading
 from typing import Any
 
 import grain
@@ -71,6 +72,10 @@ def data_config() -> ml_collections.ConfigDict:
   config.crop = 0  # Training batches: random crops of this side (px) of the images (0: whole).
   config.seed = 0  # Shuffling and augmentation seed.
   config.num_threads = 2  # Host threads decoding and augmenting.
+  # Training iterators keep each example decoded and letterboxed (before augmentation, so the
+  # batches are the same) until this many MiB are held: every epoch after the first then skips
+  # the decode, most of a small image's input cost. 0: decode every time.
+  config.cache_mb = 512.0
   config.augment = ml_collections.ConfigDict()
   config.augment.flip = True  # Random left-right flip.
   config.augment.rotate_deg = 7.0  # Uniform rotation in [-x, x] degrees.
@@ -125,6 +130,46 @@ def _affine(image: np.ndarray, angle_deg: float, zoom: float, flip: bool, resamp
   return np.asarray(pil)
 
 
+LETTERBOXED = "letterboxed"  # An example's (image, lesion mask, box) at the working size.
+
+
+def _letterboxed(example: dict, size: int):
+  """(image, lesion mask, box) of a decoded example letterboxed to `size` (uint8 squares)."""
+  image, box = letterbox(example["image"], size)
+  mask, _ = letterbox(example["lesion_mask"], size, Image.Resampling.NEAREST)
+  return image, mask, box
+
+
+class _DecodedOnce:
+  """Random access to `source`'s examples as `_Preprocess` takes them, each decoded and
+  letterboxed to `size` once and kept until `budget_bytes` are held (later ones are decoded on
+  every visit). The letterboxed squares are what `_Preprocess` would compute itself, so the
+  batches are the same with or without it. Safe to share between grain's reading threads."""
+
+  def __init__(self, source, size: int, budget_bytes: int):
+    self._source, self._size, self._budget = source, size, budget_bytes
+    self._kept: dict[int, dict] = {}
+    self._held = 0
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, i):
+    i = int(i)
+    kept = self._kept.get(i)
+    if kept is not None:
+      return kept
+    example = self._source[i]
+    image, mask, box = _letterboxed(example, self._size)
+    out = {"id": example["id"], "label": example["label"], LETTERBOXED: (image, mask, box)}
+    with self._lock:
+      if i not in self._kept and self._held + image.nbytes + mask.nbytes <= self._budget:
+        self._kept[i] = out
+        self._held += image.nbytes + mask.nbytes
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class _Preprocess:
   """Decoded example -> numpy dict with the batch keys (augmented when `augment` is given)."""
@@ -141,8 +186,10 @@ class _Preprocess:
   def __call__(self, example: dict, rng: np.random.Generator | None = None) -> dict:
     example_id = example["id"]
     example_id = example_id.decode("utf-8") if isinstance(example_id, bytes) else str(example_id)
-    image, box = letterbox(example["image"], self.size)
-    mask, _ = letterbox(example["lesion_mask"], self.size, Image.Resampling.NEAREST)
+    if LETTERBOXED in example:  # From `_DecodedOnce`: already at this size.
+      image, mask, box = example[LETTERBOXED]
+    else:
+      image, mask, box = _letterboxed(example, self.size)
     le = None
     if self.le_maps is not None:
       if example_id not in self.le_maps:
@@ -301,12 +348,11 @@ def train_iterator(
   preprocess = _Preprocess(
     config.image_size, config.augment, le_maps, config.get("crop", 0), structures
   )
-  dataset = (
-    grain.MapDataset.source(data_splits.Subset(source, indices))
-    .seed(config.seed)
-    .shuffle()
-    .repeat(None)
-  )
+  examples = data_splits.Subset(source, indices)
+  budget = int(config.get("cache_mb", 0) * 2**20)
+  if budget > 0:
+    examples = _DecodedOnce(examples, config.image_size, budget)
+  dataset = grain.MapDataset.source(examples).seed(config.seed).shuffle().repeat(None)
   dataset = dataset.random_map(preprocess)
   if jax.process_count() > 1:
     dataset = _ProcessBlocks(dataset, jax.process_index(), jax.process_count(), local_batch)

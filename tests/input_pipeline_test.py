@@ -175,6 +175,48 @@ class PipelineTest(absltest.TestCase):
       self.assertEqual(ids(got), ids(want))
       np.testing.assert_array_equal(np.asarray(got["image"]), np.asarray(want["image"]))
 
+  def test_examples_decoded_once_give_the_same_batches(self):
+    # The train split holds 32 examples: 10 batches of 8 are two and a half epochs, so most
+    # examples come back from the kept letterboxed squares. A budget of 10 KiB keeps two of the
+    # 48-px examples (4.5 KiB each, image and mask): the rest are decoded on every visit.
+    structures = {
+      ex_id: (image[..., 0] + 1.0) / 2.0
+      for b in input_pipeline.eval_iterator(self.config(), self.mesh, "train")
+      for ex_id, image in zip(ids(b), np.asarray(b["image"]), strict=True)
+    }
+    streams = [
+      input_pipeline.train_iterator(self.config(cache_mb=mb), self.mesh, structures=structures)
+      for mb in (0, 10 / 1024, 512)
+    ]
+    for _ in range(10):
+      plain, *kept = [next(s) for s in streams]
+      for batch in kept:
+        self.assertEqual(ids(batch), ids(plain))
+        for key in ("image", "lesion_mask", "valid_box", "label", "structure"):
+          np.testing.assert_array_equal(np.asarray(batch[key]), np.asarray(plain[key]), key)
+
+  def test_decoded_examples_are_kept_within_the_budget(self):
+    image = np.full((40, 20, 1), 200, np.uint8)
+    mask = np.zeros((40, 20, 1), np.uint8)
+    reads = []
+
+    class Source:
+      def __len__(self):
+        return 5
+
+      def __getitem__(self, i):
+        reads.append(i)
+        return {"id": f"ex{i}", "label": 0, "image": image, "lesion_mask": mask}
+
+    # Two 16-px examples (256 bytes of image and 256 of mask each) fit in 1,100 bytes.
+    source = input_pipeline._DecodedOnce(Source(), 16, 1100)
+    for _ in range(3):
+      for i in range(5):
+        square, _, box = source[i][input_pipeline.LETTERBOXED]
+        self.assertEqual(square.shape, (16, 16))
+        self.assertEqual(tuple(box), (0, 4, 16, 8))
+    self.assertEqual([reads.count(i) for i in range(5)], [1, 1, 3, 3, 3])
+
   def test_eval_visits_every_example_once_padding_the_last_batch(self):
     config = self.config(batch_size=24)
     iterator = input_pipeline.eval_iterator(config, self.mesh, "validation")
