@@ -16,6 +16,7 @@ argument is one line naming the field instead of a traceback minutes into a run.
   selection_fraction     data's: in (0, 0.5] (the share of train patients carved into `selection`)
   image_size, batch_size positive (a localize config's image_size may be 0: the stage 1 run's)
   crop                   data's: 0 (whole images) or a side that fits in image_size
+  cache_mb               data's: MiB of decoded training examples kept, >= 0 (0: none)
   window, stride         a localize config's: 1 <= stride <= window (0: stage 1's defaults)
   foreground             a localize config's: one of foreground.MODES
   method, gap, context   a localize config's: method one of localize.METHODS; multi_window's gap
@@ -141,6 +142,10 @@ def validate(
       _check_positive(where, value, allow_zero=key == "image_size" and inherits)
     elif key == "crop" and path.endswith(".data"):
       _check_crop(where, value, config.get("image_size") or image_size)
+    elif key == "cache_mb" and (
+      not isinstance(value, int | float) or isinstance(value, bool) or value < 0
+    ):
+      _fail(where, value, "give the MiB of decoded training examples to keep, >= 0 (0: none)")
     if isinstance(value, ml_collections.ConfigDict):
       validate(value, where, inherits=is_localize and key == "data", image_size=image_size)
   if is_localize:

@@ -49,6 +49,7 @@ class ValidateTest(parameterized.TestCase):
     ("crop_big", stage1, "smoke", "data.crop", 48, r"config.data.crop=48 .* 1 to 32 \(config"),
     ("crop_negative", pipeline, "real", "data.crop", -1, r"config.data.crop=-1 is not valid"),
     ("crop_nested", pipeline, "smoke", "stage1.data.crop", 1000, r"config.stage1.data.crop=1000"),
+    ("cache", pipeline, "real", "data.cache_mb", -1.0, r"config.data.cache_mb=-1.0 is not valid"),
     ("nested", pipeline, "smoke", "stage1.masks.weights", (1.0,), r"config.stage1.masks.weights"),
     (
       "structure",
